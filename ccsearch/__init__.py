@@ -1,0 +1,23 @@
+"""ccsearch: neural architecture search over CondConv.
+
+Public API: ``build_model(spec)``, ``count_madds(model_or_spec)``, ``ArchSpec``,
+``get_backbone(name)`` and the ``ccsearch`` command line.
+"""
+
+from ccsearch.arch import ArchSpec, BlockGroup, build_model, get_backbone
+from ccsearch.errors import UserError
+from ccsearch.layers import CondConv2d, Routing
+from ccsearch.madds import count_madds
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArchSpec",
+    "BlockGroup",
+    "CondConv2d",
+    "Routing",
+    "UserError",
+    "build_model",
+    "count_madds",
+    "get_backbone",
+]

@@ -1,0 +1,135 @@
+"""The building blocks a spec's block groups expand to.
+
+In a CondConv block every convolution of the block's main path becomes a
+``CondConv2d`` and all of them share one routing function computed from the
+block's input (as in the paper's CondConv-MBConv).  Squeeze-excite and ResNet's
+projection shortcut stay static.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ccsearch.layers import CondConv2d, Routing
+
+_ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "swish": nn.SiLU}
+
+
+def make_activation(name: str) -> nn.Module:
+    return _ACTIVATIONS[name](inplace=True)
+
+
+class ConvBN(nn.Module):
+    """Conv (static or CondConv) + batch norm + optional activation."""
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int,
+        stride: int = 1,
+        groups: int = 1,
+        act: str | None = "relu",
+        experts: int = 0,
+    ):
+        super().__init__()
+        padding = kernel // 2
+        if experts:
+            self.conv: nn.Module = CondConv2d(
+                in_ch, out_ch, kernel, stride, padding, groups=groups, bias=False,
+                num_experts=experts, routing=None,
+            )
+        else:
+            self.conv = nn.Conv2d(in_ch, out_ch, kernel, stride, padding, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(out_ch)
+        self.act = make_activation(act) if act else nn.Identity()
+
+    def forward(self, x: torch.Tensor, routing_weights: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.conv(x, routing_weights) if routing_weights is not None else self.conv(x)
+        return self.act(self.bn(x))
+
+
+class SqueezeExcite(nn.Module):
+    """Channel gating from pooled features (Hu et al.); reduced width from the block input."""
+
+    def __init__(self, channels: int, reduced: int, act: str):
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, reduced, 1)
+        self.act = make_activation(act)
+        self.expand = nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = F.adaptive_avg_pool2d(x, 1)  # [B, C, 1, 1]
+        s = self.expand(self.act(self.reduce(s)))
+        return x * torch.sigmoid(s)
+
+
+class Block(nn.Module):
+    """Base: optional shared routing, a main path of ``ConvBN`` layers, optional residual."""
+
+    def __init__(self, in_ch: int, experts: int, routing: str):
+        super().__init__()
+        self.routing = Routing(in_ch, experts, routing) if experts else None
+
+    def route(self, x: torch.Tensor) -> torch.Tensor | None:
+        return self.routing(x) if self.routing is not None else None
+
+
+class DepthwiseSeparable(Block):
+    """Depthwise kxk -> [SE] -> pointwise 1x1 (MobileNetV1 ``dsa``; MnasNet/EfficientNet ``ds``)."""
+
+    def __init__(self, in_ch, out_ch, kernel, stride, se, act, pw_act, skip, experts, routing):
+        super().__init__(in_ch, experts, routing)
+        self.dw = ConvBN(in_ch, in_ch, kernel, stride, groups=in_ch, act=act, experts=experts)
+        self.se = SqueezeExcite(in_ch, max(1, int(in_ch * se)), act) if se else nn.Identity()
+        self.pw = ConvBN(in_ch, out_ch, 1, act=act if pw_act else None, experts=experts)
+        self.has_skip = skip and stride == 1 and in_ch == out_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.route(x)
+        out = self.pw(self.se(self.dw(x, r)), r)
+        return out + x if self.has_skip else out
+
+
+class InvertedResidual(Block):
+    """MBConv: expand 1x1 -> depthwise kxk -> [SE] -> linear project 1x1 (MobileNetV2, MnasNet)."""
+
+    def __init__(self, in_ch, out_ch, kernel, stride, expansion, se, act, skip, experts, routing):
+        super().__init__(in_ch, experts, routing)
+        mid = int(round(in_ch * expansion))
+        self.expand = ConvBN(in_ch, mid, 1, act=act, experts=experts) if mid != in_ch else None
+        self.dw = ConvBN(mid, mid, kernel, stride, groups=mid, act=act, experts=experts)
+        self.se = SqueezeExcite(mid, max(1, int(in_ch * se)), act) if se else nn.Identity()
+        self.project = ConvBN(mid, out_ch, 1, act=None, experts=experts)
+        self.has_skip = skip and stride == 1 and in_ch == out_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.route(x)
+        out = self.expand(x, r) if self.expand is not None else x
+        out = self.project(self.se(self.dw(out, r)), r)
+        return out + x if self.has_skip else out
+
+
+class Bottleneck(Block):
+    """ResNet v1.5 bottleneck: 1x1 -> 3x3 (stride here) -> 1x1, out = mid * expansion."""
+
+    def __init__(self, in_ch, out_ch, kernel, stride, expansion, se, act, skip, experts, routing):
+        super().__init__(in_ch, experts, routing)
+        mid = int(round(out_ch / expansion))
+        self.conv1 = ConvBN(in_ch, mid, 1, act=act, experts=experts)
+        self.conv2 = ConvBN(mid, mid, kernel, stride, act=act, experts=experts)
+        self.conv3 = ConvBN(mid, out_ch, 1, act=None, experts=experts)
+        self.se = SqueezeExcite(out_ch, max(1, int(in_ch * se)), act) if se else nn.Identity()
+        needs_projection = stride != 1 or in_ch != out_ch
+        self.shortcut = ConvBN(in_ch, out_ch, 1, stride, act=None) if needs_projection else None
+        self.has_skip = skip
+        self.act = make_activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.route(x)
+        out = self.se(self.conv3(self.conv2(self.conv1(x, r), r), r))
+        if self.has_skip:
+            out = out + (self.shortcut(x) if self.shortcut is not None else x)
+        return self.act(out)

@@ -1,0 +1,73 @@
+"""``build_model(spec)``: the one function that turns an ``ArchSpec`` into a network."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ccsearch.arch.blocks import Bottleneck, ConvBN, DepthwiseSeparable, InvertedResidual
+from ccsearch.arch.spec import ArchSpec, BlockGroup
+
+
+class CondConvNet(nn.Module):
+    """stem -> block groups -> head -> pool -> dropout -> classifier.
+
+    The block groups live in ``self.groups`` (``groups.0`` .. ``groups.{N-1}``) so that
+    MADD and parameter counts break down by group, numbered 1..N for users.
+    """
+
+    def __init__(self, spec: ArchSpec):
+        super().__init__()
+        self.spec = spec
+        act = spec.activation
+        self.stem = nn.Sequential(
+            ConvBN(spec.in_channels, spec.stem_channels, spec.stem_kernel, spec.stem_stride, act=act)
+        )
+        if spec.stem_pool:
+            self.stem.append(nn.MaxPool2d(3, 2, 1))
+        channels = spec.stem_channels
+        groups = []
+        for group in spec.groups:
+            blocks = []
+            for i in range(group.repeats):
+                stride = group.stride if i == 0 else 1
+                blocks.append(_make_block(group, channels, stride, act))
+                channels = group.channels
+            groups.append(nn.Sequential(*blocks))
+        self.groups = nn.ModuleList(groups)
+        if spec.head_channels:
+            self.head: nn.Module = ConvBN(channels, spec.head_channels, 1, act=act)
+            channels = spec.head_channels
+        else:
+            self.head = nn.Identity()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(spec.dropout) if spec.dropout else nn.Identity()
+        self.classifier = nn.Linear(channels, spec.num_classes)
+        self.num_features = channels
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for group in self.groups:
+            x = group(x)
+        return self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.forward_features(x)).flatten(1)  # [B, C]
+        return self.classifier(self.dropout(x))  # [B, classes]
+
+
+def _make_block(group: BlockGroup, in_ch: int, stride: int, act: str) -> nn.Module:
+    common = dict(
+        in_ch=in_ch, out_ch=group.channels, kernel=group.kernel, stride=stride, se=group.se,
+        act=act, skip=group.skip, experts=group.experts, routing=group.routing,
+    )
+    if group.block in ("ds", "dsa"):
+        return DepthwiseSeparable(**common, pw_act=group.block == "dsa")
+    if group.block == "ir":
+        return InvertedResidual(**common, expansion=group.expansion)
+    return Bottleneck(**common, expansion=group.expansion)
+
+
+def build_model(spec: ArchSpec) -> CondConvNet:
+    """Build the network a spec describes (weights freshly initialised)."""
+    return CondConvNet(spec)

@@ -1,0 +1,178 @@
+"""The ``ccsearch`` command line: a thin layer over the public API.
+
+Every mistake a user can cause ends as one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from ccsearch.arch import BACKBONES, ArchSpec, get_backbone
+from ccsearch.arch.backbones import PUBLISHED
+from ccsearch.errors import UserError
+from ccsearch.layers import ROUTING_ACTIVATIONS
+from ccsearch.madds import CONVENTIONS, MaddsReport, count_madds, format_madds
+
+CONVENTION_NOTES = {
+    "paper": "paper convention: conv + linear + CondConv kernel mixing + routing FC; "
+    "batch norm, activations and pooling not counted",
+    "fvcore": "fvcore convention: fvcore's default ops, batch norm and adaptive pooling included",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake as one line (exit 2), without the usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def parse_groups(text: str, num_groups: int) -> list[int]:
+    """``"6,7"``, ``"5-7"`` or ``"all"`` -> block-group numbers (1-based)."""
+    if text.strip().lower() == "all":
+        return list(range(1, num_groups + 1))
+    groups: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                groups.extend(range(lo, hi + 1))
+            else:
+                groups.append(int(part))
+        except ValueError:
+            raise UserError(
+                f"--condconv {text!r}: {part!r} is not a block-group number "
+                f"(use e.g. 6,7 or 5-7 or all)"
+            ) from None
+    return groups
+
+
+def resolve_spec(
+    name_or_path: str,
+    condconv: str | None = None,
+    experts: int | None = None,
+    routing: str | None = None,
+    width: float = 1.0,
+) -> ArchSpec:
+    """A shipped backbone name or a spec JSON file, with the CLI's CondConv options applied."""
+    if name_or_path.endswith(".json"):
+        spec = ArchSpec.load(name_or_path)
+        if width != 1.0:
+            spec = spec.scale_width(width)
+    else:
+        spec = get_backbone(name_or_path, width)
+    if condconv is None:
+        if experts is not None or routing is not None:
+            raise UserError("--experts and --routing need --condconv GROUPS (e.g. --condconv 6,7)")
+        return spec
+    groups = parse_groups(condconv, len(spec.groups))
+    return spec.with_condconv(groups, 8 if experts is None else experts, routing or "sigmoid")
+
+
+# ---- ccsearch madds ----------------------------------------------------------------------
+
+
+def _print_madds(spec: ArchSpec, report: MaddsReport) -> None:
+    cc = spec.condconv_groups()
+    title = f"{spec.name} @ {report.resolution}x{report.resolution}, {spec.num_classes} classes"
+    if cc:
+        experts = sorted({spec.groups[g - 1].experts for g in cc})
+        routings = sorted({spec.groups[g - 1].routing for g in cc})
+        title += (
+            f", CondConv in groups {','.join(map(str, cc))} "
+            f"({'/'.join(map(str, experts))} experts, {'/'.join(routings)} routing)"
+        )
+    print(title)
+    print(f"MADDs:  {format_madds(report.madds)}  ({report.madds:,})  [{CONVENTION_NOTES[report.convention]}]")
+    if cc:
+        print(
+            f"        of which CondConv kernel mixing {format_madds(report.condconv_mixing)}, "
+            f"routing FC {format_madds(report.routing)}"
+        )
+    if report.skipped_ops:
+        skipped = ", ".join(f"{op} x{n}" for op, n in sorted(report.skipped_ops.items()))
+        print(f"        ops fvcore counts as zero: {skipped}")
+    print(f"params: {report.params / 1e6:.2f}M ({report.params:,})")
+    print()
+    print(f"{'group':>5}  {'block':<42} {'MADDs':>9} {'params':>9}")
+    print(f"{'stem':>5}  {'':<42} {format_madds(report.stem):>9}")
+    for g in report.groups:
+        print(f"{g.index:>5}  {g.block:<42} {format_madds(g.madds):>9} {g.params / 1e6:>8.2f}M")
+    print(f"{'head':>5}  {'':<42} {format_madds(report.head):>9}")
+
+
+def cmd_madds(args: argparse.Namespace) -> int:
+    spec = resolve_spec(args.model, args.condconv, args.experts, args.routing, args.width)
+    report = count_madds(spec, resolution=args.resolution, convention=args.convention)
+    if args.json:
+        print(json.dumps({**report.to_dict(), "spec": spec.to_dict()}, indent=2))
+    else:
+        _print_madds(spec, report)
+    return 0
+
+
+# ---- ccsearch backbones ------------------------------------------------------------------
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    specs = {name: get_backbone(name) for name in BACKBONES}
+    if args.json:
+        out = {
+            name: {"published_madds": PUBLISHED[name], "groups": [g.to_string() for g in s.groups]}
+            for name, s in specs.items()
+        }
+        print(json.dumps(out, indent=2))
+        return 0
+    for name, spec in specs.items():
+        channels = ", ".join(str(g.channels) for g in spec.groups)
+        print(
+            f"{name}: {len(spec.groups)} block groups ({channels} channels), "
+            f"published {format_madds(PUBLISHED[name])} MADDs at 224px"
+        )
+        for i, group in enumerate(spec.groups, start=1):
+            print(f"  {i:>2}  {group.to_string()}")
+    return 0
+
+
+# ---- entry point -------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ccsearch", description="Neural architecture search over CondConv.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("madds", help="count multiply-adds of a backbone or spec (fvcore)")
+    p.add_argument("model", help=f"backbone ({', '.join(BACKBONES)}) or spec .json file")
+    p.add_argument("--condconv", metavar="GROUPS", help="block groups 1..N to make CondConv: 6,7 | 5-7 | all")
+    p.add_argument("--experts", type=int, help="experts per CondConv layer (default 8)")
+    p.add_argument("--routing", choices=ROUTING_ACTIVATIONS, help="routing activation (default sigmoid)")
+    p.add_argument("--width", type=float, default=1.0, help="width multiplier (default 1.0)")
+    p.add_argument("--resolution", type=int, default=224, help="input size in pixels (default 224)")
+    p.add_argument("--convention", choices=CONVENTIONS, default="paper", help="what counts (default paper)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_madds)
+
+    p = sub.add_parser("backbones", help="list the shipped backbones and their block groups")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_backbones)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as err:
+        print(f"ccsearch: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `ccsearch backbones | head`
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""CondConv: conditionally parameterized convolution (Yang et al., NeurIPS 2019).
+
+A CondConv layer keeps ``E`` expert kernels ``W_1..W_E`` of the shape of the static
+kernel it replaces.  Per example it computes routing weights
+``r(x) = act(Linear(GAP(x)))``, mixes **one** kernel ``W(x) = sum_i r_i(x) W_i`` and
+runs **one** convolution with it.  Because convolution is linear in its kernel this
+equals the routing-weighted sum of ``E`` separate convolutions (a mixture of experts)
+at roughly ``1/E`` of the cost: capacity grows with ``E``, multiply-adds only by the
+mixing (``E * kernel size`` per example) and the routing layer.
+
+Execution follows timm's ``CondConv2d``: experts are stored flat as ``[E, params]``;
+one matmul ``[B, E] @ [E, params]`` mixes a kernel per example, then either one
+grouped convolution runs the whole batch folded into channels (``groups = B * g``),
+or, for pointwise kernels, one batched matmul over examples (faster there, see
+``benchmarks/bench_condconv.py``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROUTING_ACTIVATIONS = ("sigmoid", "softmax", "tanh", "relu")
+
+
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)  # type: ignore[return-value]
+
+
+class Routing(nn.Module):
+    """``r(x) = act(Linear(Dropout(GAP(x))))``: one weight per expert and example.
+
+    One ``Routing`` may feed several CondConv layers (every conv of an MBConv block
+    shares its block's routing, as in the paper).  ``last_weights`` keeps the most
+    recent ``[B, E]`` routing weights (detached) for the routing-sparsity analysis.
+    """
+
+    def __init__(
+        self, in_channels: int, num_experts: int, activation: str = "sigmoid", dropout: float = 0.0
+    ):
+        super().__init__()
+        if activation not in ROUTING_ACTIVATIONS:
+            raise ValueError(f"routing activation {activation!r} is not one of {ROUTING_ACTIVATIONS}")
+        if num_experts < 1:
+            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+        self.activation = activation
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fc = nn.Linear(in_channels, num_experts)
+        self.last_weights: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = F.adaptive_avg_pool2d(x, 1).flatten(1)  # [B, C]: global average pool
+        logits = self.fc(self.dropout(pooled))  # [B, E]
+        if self.activation == "sigmoid":
+            weights = torch.sigmoid(logits)
+        elif self.activation == "softmax":
+            weights = torch.softmax(logits, dim=1)
+        elif self.activation == "tanh":
+            weights = torch.tanh(logits)
+        else:
+            weights = torch.relu(logits)
+        self.last_weights = weights.detach()
+        return weights
+
+
+class CondConv2d(nn.Module):
+    """Drop-in replacement for ``nn.Conv2d`` with ``num_experts`` expert kernels.
+
+    With ``routing`` set (an activation name) the layer owns its routing function
+    and ``forward(x)`` works like ``nn.Conv2d``.  With ``routing=None`` the caller
+    passes the routing weights, ``forward(x, routing_weights)``, so that several
+    layers can share one :class:`Routing`.
+
+    ``impl`` picks the execution: ``"conv"`` (grouped convolution over the batch),
+    ``"bmm"`` (batched matmul, pointwise ungrouped kernels only) or ``"auto"``
+    (``bmm`` where allowed).  Both give the same result.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        num_experts: int = 8,
+        routing: str | None = "sigmoid",
+        routing_dropout: float = 0.0,
+        impl: str = "auto",
+    ):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"in_channels {in_channels} and out_channels {out_channels} "
+                f"must be divisible by groups {groups}"
+            )
+        if num_experts < 1:
+            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+        if impl not in ("auto", "conv", "bmm"):
+            raise ValueError(f"impl must be 'auto', 'conv' or 'bmm', got {impl!r}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride)
+        self.padding = _pair(padding)
+        self.dilation = _pair(dilation)
+        self.groups = groups
+        self.num_experts = num_experts
+        pointwise = self.kernel_size == (1, 1) and self.padding == (0, 0) and groups == 1
+        if impl == "bmm" and not pointwise:
+            raise ValueError("impl='bmm' needs a 1x1 kernel, no padding and groups=1")
+        self.impl = "bmm" if impl == "auto" and pointwise else ("conv" if impl == "auto" else impl)
+
+        self.weight_shape = (out_channels, in_channels // groups, *self.kernel_size)
+        # Experts stored flat so that one matmul mixes them: [E, out * in/g * kh * kw].
+        self.weight = nn.Parameter(torch.empty(num_experts, math.prod(self.weight_shape)))
+        self.bias = nn.Parameter(torch.empty(num_experts, out_channels)) if bias else None
+        self.routing = (
+            Routing(in_channels, num_experts, routing, routing_dropout) if routing else None
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise every expert like a standalone ``nn.Conv2d`` of the same shape."""
+        for e in range(self.num_experts):
+            expert = self.weight.data[e].view(self.weight_shape)
+            nn.init.kaiming_uniform_(expert, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = math.prod(self.weight_shape[1:])
+            bound = 1 / math.sqrt(fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor, routing_weights: torch.Tensor | None = None) -> torch.Tensor:
+        if routing_weights is None:
+            assert self.routing is not None, "routing=None: pass routing_weights to forward"
+            routing_weights = self.routing(x)
+        b, c, h, w = x.shape
+        assert c == self.in_channels, f"expected {self.in_channels} input channels, got {c}"
+        kernels = routing_weights @ self.weight  # [B, E] @ [E, P] -> [B, P]: one kernel per example
+        bias = routing_weights @ self.bias if self.bias is not None else None  # [B, out]
+        if self.impl == "bmm":
+            if self.stride != (1, 1):
+                x = x[:, :, :: self.stride[0], :: self.stride[1]]
+                h, w = x.shape[2], x.shape[3]
+            kernels = kernels.view(b, self.out_channels, c)  # [B, out, in]
+            out = torch.bmm(kernels, x.reshape(b, c, h * w))  # [B, out, H*W]
+            out = out.view(b, self.out_channels, h, w)
+            return out if bias is None else out + bias.view(b, self.out_channels, 1, 1)
+        kernels = kernels.view(b * self.out_channels, *self.weight_shape[1:])  # [B*out, in/g, kh, kw]
+        out = F.conv2d(
+            x.reshape(1, b * c, h, w),  # the batch folded into channels
+            kernels,
+            bias.reshape(-1) if bias is not None else None,
+            self.stride,
+            self.padding,
+            self.dilation,
+            groups=b * self.groups,
+        )  # [1, B*out, H', W']
+        return out.view(b, self.out_channels, out.shape[-2], out.shape[-1])
+
+    def expert_kernels(self) -> torch.Tensor:
+        """The experts as ``[E, out, in/g, kh, kw]`` (for references and analysis)."""
+        return self.weight.view(self.num_experts, *self.weight_shape)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+            f"groups={self.groups}, bias={self.bias is not None}, "
+            f"num_experts={self.num_experts}, impl={self.impl!r}"
+        )

@@ -87,7 +87,9 @@ def _print_madds(spec: ArchSpec, report: MaddsReport) -> None:
             f"({'/'.join(map(str, experts))} experts, {'/'.join(routings)} routing)"
         )
     print(title)
-    print(f"MADDs:  {format_madds(report.madds)}  ({report.madds:,})  [{CONVENTION_NOTES[report.convention]}]")
+    print(
+        f"MADDs:  {format_madds(report.madds)}  ({report.madds:,})  [{CONVENTION_NOTES[report.convention]}]"
+    )
     if cc:
         print(
             f"        of which CondConv kernel mixing {format_madds(report.condconv_mixing)}, "
@@ -147,12 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("madds", help="count multiply-adds of a backbone or spec (fvcore)")
     p.add_argument("model", help=f"backbone ({', '.join(BACKBONES)}) or spec .json file")
-    p.add_argument("--condconv", metavar="GROUPS", help="block groups 1..N to make CondConv: 6,7 | 5-7 | all")
+    p.add_argument(
+        "--condconv", metavar="GROUPS", help="block groups 1..N to make CondConv: 6,7 | 5-7 | all"
+    )
     p.add_argument("--experts", type=int, help="experts per CondConv layer (default 8)")
-    p.add_argument("--routing", choices=ROUTING_ACTIVATIONS, help="routing activation (default sigmoid)")
+    p.add_argument(
+        "--routing", choices=ROUTING_ACTIVATIONS, help="routing activation (default sigmoid)"
+    )
     p.add_argument("--width", type=float, default=1.0, help="width multiplier (default 1.0)")
     p.add_argument("--resolution", type=int, default=224, help="input size in pixels (default 224)")
-    p.add_argument("--convention", choices=CONVENTIONS, default="paper", help="what counts (default paper)")
+    p.add_argument(
+        "--convention", choices=CONVENTIONS, default="paper", help="what counts (default paper)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_madds)
 

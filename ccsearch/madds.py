@@ -50,12 +50,34 @@ PAPER_HANDLES = {
 # Ops the paper convention leaves out on purpose: normalisation (folded at inference),
 # activations, pooling and element-wise arithmetic.
 NOT_COUNTED = (
-    "aten::batch_norm", "aten::group_norm", "aten::layer_norm", "aten::instance_norm",
-    "aten::adaptive_avg_pool2d", "aten::avg_pool2d", "aten::max_pool2d", "aten::mean",
-    "aten::relu", "aten::relu_", "aten::hardtanh", "aten::hardtanh_", "aten::silu",
-    "aten::silu_", "aten::sigmoid", "aten::sigmoid_", "aten::tanh", "aten::softmax",
-    "aten::hardswish", "aten::hardswish_", "aten::hardsigmoid", "aten::gelu",
-    "aten::add", "aten::add_", "aten::mul", "aten::mul_", "aten::dropout", "aten::feature_dropout",
+    "aten::batch_norm",
+    "aten::group_norm",
+    "aten::layer_norm",
+    "aten::instance_norm",
+    "aten::adaptive_avg_pool2d",
+    "aten::avg_pool2d",
+    "aten::max_pool2d",
+    "aten::mean",
+    "aten::relu",
+    "aten::relu_",
+    "aten::hardtanh",
+    "aten::hardtanh_",
+    "aten::silu",
+    "aten::silu_",
+    "aten::sigmoid",
+    "aten::sigmoid_",
+    "aten::tanh",
+    "aten::softmax",
+    "aten::hardswish",
+    "aten::hardswish_",
+    "aten::hardsigmoid",
+    "aten::gelu",
+    "aten::add",
+    "aten::add_",
+    "aten::mul",
+    "aten::mul_",
+    "aten::dropout",
+    "aten::feature_dropout",
 )
 
 
@@ -90,9 +112,14 @@ class MaddsReport:
 
 
 def count_madds(
-    spec_or_model: ArchSpec | nn.Module, resolution: int = 224, convention: str = "paper"
+    spec_or_model: ArchSpec | nn.Module,
+    resolution: int = 224,
+    convention: str = "paper",
+    in_channels: int = 3,
 ) -> MaddsReport:
     """Count the multiply-adds of one forward pass of one image.
+
+    ``in_channels`` is used only for plain modules; a spec's model knows its own.
 
     MADDs are always counted on the full model at the deployment resolution; the
     proxy task changes only how accuracy is estimated, never this count.
@@ -101,12 +128,10 @@ def count_madds(
         raise UserError(f"unknown MADD convention {convention!r}; use one of {CONVENTIONS}")
     if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 32:
         raise UserError(f"resolution must be an integer >= 32, got {resolution!r}")
-    if isinstance(spec_or_model, ArchSpec):
-        model = build_model(spec_or_model)
-    else:
-        model = spec_or_model
+    is_spec = isinstance(spec_or_model, ArchSpec)
+    model = build_model(spec_or_model) if is_spec else spec_or_model
     name = model.spec.name if isinstance(model, CondConvNet) else type(model).__name__
-    in_channels = model.spec.in_channels if isinstance(model, CondConvNet) else 3
+    in_channels = model.spec.in_channels if isinstance(model, CondConvNet) else in_channels
     image = torch.zeros(1, in_channels, resolution, resolution)
 
     was_training = model.training

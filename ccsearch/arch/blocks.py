@@ -38,8 +38,15 @@ class ConvBN(nn.Module):
         padding = kernel // 2
         if experts:
             self.conv: nn.Module = CondConv2d(
-                in_ch, out_ch, kernel, stride, padding, groups=groups, bias=False,
-                num_experts=experts, routing=None,
+                in_ch,
+                out_ch,
+                kernel,
+                stride,
+                padding,
+                groups=groups,
+                bias=False,
+                num_experts=experts,
+                routing=None,
             )
         else:
             self.conv = nn.Conv2d(in_ch, out_ch, kernel, stride, padding, groups=groups, bias=False)

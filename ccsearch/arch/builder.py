@@ -21,7 +21,9 @@ class CondConvNet(nn.Module):
         self.spec = spec
         act = spec.activation
         self.stem = nn.Sequential(
-            ConvBN(spec.in_channels, spec.stem_channels, spec.stem_kernel, spec.stem_stride, act=act)
+            ConvBN(
+                spec.in_channels, spec.stem_channels, spec.stem_kernel, spec.stem_stride, act=act
+            )
         )
         if spec.stem_pool:
             self.stem.append(nn.MaxPool2d(3, 2, 1))
@@ -58,8 +60,15 @@ class CondConvNet(nn.Module):
 
 def _make_block(group: BlockGroup, in_ch: int, stride: int, act: str) -> nn.Module:
     common = dict(
-        in_ch=in_ch, out_ch=group.channels, kernel=group.kernel, stride=stride, se=group.se,
-        act=act, skip=group.skip, experts=group.experts, routing=group.routing,
+        in_ch=in_ch,
+        out_ch=group.channels,
+        kernel=group.kernel,
+        stride=stride,
+        se=group.se,
+        act=act,
+        skip=group.skip,
+        experts=group.experts,
+        routing=group.routing,
     )
     if group.block in ("ds", "dsa"):
         return DepthwiseSeparable(**common, pw_act=group.block == "dsa")

@@ -47,7 +47,9 @@ class BlockGroup:
     skip: bool = True  # residual connection where shapes allow
 
     def validate(self, where: str = "group") -> None:
-        _check(self.block in BLOCK_TYPES, where, f"block {self.block!r} is not one of {BLOCK_TYPES}")
+        _check(
+            self.block in BLOCK_TYPES, where, f"block {self.block!r} is not one of {BLOCK_TYPES}"
+        )
         for name in ("repeats", "kernel", "stride", "channels"):
             value = getattr(self, name)
             _check(
@@ -67,7 +69,9 @@ class BlockGroup:
             f"se must be a ratio in [0, 1], got {self.se!r}",
         )
         _check(
-            isinstance(self.experts, int) and not isinstance(self.experts, bool) and self.experts >= 0,
+            isinstance(self.experts, int)
+            and not isinstance(self.experts, bool)
+            and self.experts >= 0,
             where,
             f"experts must be an integer >= 0 (0 = static conv), got {self.experts!r}",
         )
@@ -177,9 +181,7 @@ class ArchSpec:
         n = len(self.groups)
         for g in groups:
             if not isinstance(g, int) or isinstance(g, bool) or not 1 <= g <= n:
-                raise UserError(
-                    f"block group {g!r} does not exist: {self.name} has groups 1..{n}"
-                )
+                raise UserError(f"block group {g!r} does not exist: {self.name} has groups 1..{n}")
         if not isinstance(experts, int) or isinstance(experts, bool) or experts < 1:
             raise UserError(f"experts must be an integer >= 1, got {experts!r}")
         if routing not in ROUTING_ACTIVATIONS:

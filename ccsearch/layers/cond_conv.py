@@ -43,7 +43,9 @@ class Routing(nn.Module):
     ):
         super().__init__()
         if activation not in ROUTING_ACTIVATIONS:
-            raise ValueError(f"routing activation {activation!r} is not one of {ROUTING_ACTIVATIONS}")
+            raise ValueError(
+                f"routing activation {activation!r} is not one of {ROUTING_ACTIVATIONS}"
+            )
         if num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {num_experts}")
         self.activation = activation
@@ -62,7 +64,8 @@ class Routing(nn.Module):
             weights = torch.tanh(logits)
         else:
             weights = torch.relu(logits)
-        self.last_weights = weights.detach()
+        if not torch.compiler.is_compiling():  # export/compile forbid new attributes
+            self.last_weights = weights.detach()
         return weights
 
 
@@ -141,7 +144,6 @@ class CondConv2d(nn.Module):
             assert self.routing is not None, "routing=None: pass routing_weights to forward"
             routing_weights = self.routing(x)
         b, c, h, w = x.shape
-        assert c == self.in_channels, f"expected {self.in_channels} input channels, got {c}"
         kernels = routing_weights @ self.weight  # [B, E] @ [E, P] -> [B, P]: one kernel per example
         bias = routing_weights @ self.bias if self.bias is not None else None  # [B, out]
         if self.impl == "bmm":
@@ -152,7 +154,9 @@ class CondConv2d(nn.Module):
             out = torch.bmm(kernels, x.reshape(b, c, h * w))  # [B, out, H*W]
             out = out.view(b, self.out_channels, h, w)
             return out if bias is None else out + bias.view(b, self.out_channels, 1, 1)
-        kernels = kernels.view(b * self.out_channels, *self.weight_shape[1:])  # [B*out, in/g, kh, kw]
+        kernels = kernels.view(
+            b * self.out_channels, *self.weight_shape[1:]
+        )  # [B*out, in/g, kh, kw]
         out = F.conv2d(
             x.reshape(1, b * c, h, w),  # the batch folded into channels
             kernels,

@@ -1,0 +1,143 @@
+"""ArchSpec round trips, validation, CondConv placement and the model builder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ccsearch.arch import BACKBONES, ArchSpec, BlockGroup, build_model, get_backbone, spec_digest
+from ccsearch.arch.blocks import Block
+from ccsearch.errors import UserError
+from ccsearch.layers import CondConv2d
+
+# Published parameter counts (millions) of the reference implementations.
+PUBLISHED_PARAMS_M = {
+    "mnasnet_a1": 3.9,
+    "mobilenet_v1": 4.2,
+    "mobilenet_v2": 3.5,
+    "efficientnet_b0": 5.3,
+    "resnet50": 25.6,
+}
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_backbone_builds_runs_and_has_published_params(name):
+    model = build_model(get_backbone(name)).eval()
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    assert params == pytest.approx(PUBLISHED_PARAMS_M[name], abs=0.05)
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 64, 64)).shape == (2, 1000)
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_spec_json_round_trip(name, tmp_path):
+    spec = get_backbone(name).with_condconv([1, len(get_backbone(name).groups)], 4, "softmax")
+    again = ArchSpec.from_json(spec.to_json())
+    assert again == spec
+    assert json.loads(again.to_json()) == json.loads(spec.to_json())
+    path = tmp_path / "spec.json"
+    spec.save(path)
+    assert ArchSpec.load(path) == spec
+    assert spec_digest(again) == spec_digest(spec)
+
+
+def test_block_strings_round_trip():
+    for text in [
+        "ir_r3_k5_s2_e6_c160_se0.25_cc8_sigmoid",
+        "ds_r1_k3_s1_e1_c16_noskip",
+        "bottleneck_r3_k3_s1_e4_c256",
+    ]:
+        assert BlockGroup.from_string(text).to_string() == text
+    group = BlockGroup.from_string("ir_r3_k5_s2_e6_c160_se0.25_cc8_tanh")
+    assert (group.repeats, group.kernel, group.stride, group.expansion) == (3, 5, 2, 6.0)
+    assert (group.channels, group.se, group.experts, group.routing) == (160, 0.25, 8, "tanh")
+
+
+def test_with_condconv_puts_condconv_in_every_conv_of_the_chosen_groups_with_one_routing():
+    spec = get_backbone("mnasnet_a1").with_condconv([6, 7], experts=8)
+    assert spec.condconv_groups() == [6, 7]
+    model = build_model(spec)
+    for i, group in enumerate(model.groups, start=1):
+        convs = [m for b in group for m in b.modules() if isinstance(m, CondConv2d)]
+        static = [
+            m
+            for b in group
+            for n, m in b.named_modules()
+            if isinstance(m, torch.nn.Conv2d) and ".se." not in f".{n}."
+        ]
+        if i in (6, 7):
+            assert convs and all(c.num_experts == 8 and c.routing is None for c in convs)
+            assert all(
+                len([c for c in b.modules() if isinstance(c, CondConv2d)]) == 3 for b in group
+            )
+            assert all(b.routing is not None and b.routing.fc.out_features == 8 for b in group)
+            assert not [m for m in static if not isinstance(m, CondConv2d)], (
+                "main path fully CondConv"
+            )
+        else:
+            assert not convs
+            assert all(isinstance(b, Block) and b.routing is None for b in group)
+
+
+def test_shared_routing_weights_are_recorded_per_block():
+    spec = get_backbone("mobilenet_v1", 0.25).with_condconv([13], experts=4, routing="softmax")
+    model = build_model(spec).eval()
+    with torch.no_grad():
+        model(torch.randn(3, 3, 64, 64))
+    r = model.groups[12][0].routing.last_weights
+    assert r.shape == (3, 4)
+    torch.testing.assert_close(r.sum(1), torch.ones(3))
+
+
+def test_width_multiplier_scales_channels():
+    spec = get_backbone("mobilenet_v1", 0.25)
+    assert spec.stem_channels == 8
+    assert [g.channels for g in spec.groups] == [
+        16,
+        32,
+        32,
+        64,
+        64,
+        128,
+        128,
+        128,
+        128,
+        128,
+        128,
+        256,
+        256,
+    ]
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"block": "conv"}, "block"),
+        ({"repeats": 0}, "repeats"),
+        ({"kernel": 4}, "kernel"),
+        ({"experts": -1}, "experts"),
+        ({"experts": 2.5}, "experts"),
+        ({"routing": "gelu"}, "routing"),
+        ({"se": 2}, "se"),
+    ],
+)
+def test_invalid_group_names_the_field(change, field):
+    data = get_backbone("mnasnet_a1").to_dict()
+    data["groups"][2].update(change)
+    with pytest.raises(UserError, match=rf"group 3.*{field}"):
+        ArchSpec.from_dict(data)
+
+
+def test_invalid_spec_files_give_clear_errors(tmp_path):
+    with pytest.raises(UserError, match="unknown field"):
+        ArchSpec.from_dict({**get_backbone("mnasnet_a1").to_dict(), "colour": "red"})
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(UserError, match="bad.json"):
+        ArchSpec.load(bad)
+    with pytest.raises(UserError, match="unknown backbone 'mnasnet_b9'"):
+        get_backbone("mnasnet_b9")
+    with pytest.raises(UserError, match="block group 8 does not exist"):
+        get_backbone("mnasnet_a1").with_condconv([8])

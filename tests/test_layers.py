@@ -1,0 +1,179 @@
+"""CondConv2d against independent references: a per-example loop and the expert sum."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ccsearch.layers import ROUTING_ACTIVATIONS, CondConv2d, Routing
+
+# (in, out, kernel, stride, padding, dilation, groups, bias, impl)
+SHAPES = [
+    (8, 16, 3, 1, 1, 1, 1, True, "conv"),
+    (8, 16, 3, 2, 1, 1, 1, False, "conv"),
+    (12, 12, 3, 1, 1, 1, 12, False, "conv"),  # depthwise
+    (12, 12, 5, 2, 2, 1, 12, True, "conv"),  # depthwise, stride 2
+    (8, 16, 3, 1, 2, 2, 2, True, "conv"),  # dilated, grouped
+    (16, 24, 1, 1, 0, 1, 1, False, "bmm"),  # pointwise as batched matmul
+    (16, 24, 1, 2, 0, 1, 1, True, "bmm"),  # pointwise, stride 2
+    (16, 24, 1, 1, 0, 1, 1, True, "conv"),  # pointwise as grouped conv
+]
+
+
+def _layer(shape, experts=4, routing="sigmoid"):
+    cin, cout, k, s, p, d, g, bias, impl = shape
+    torch.manual_seed(0)
+    return CondConv2d(
+        cin, cout, k, s, p, d, g, bias, num_experts=experts, routing=routing, impl=impl
+    )
+
+
+def _per_example_reference(layer: CondConv2d, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Explicit loop: mix each example's kernel by hand, run F.conv2d on that example alone."""
+    experts = layer.expert_kernels()  # [E, out, in/g, k, k]
+    outs = []
+    for b in range(x.shape[0]):
+        kernel = sum(r[b, e] * experts[e] for e in range(layer.num_experts))
+        bias = (
+            sum(r[b, e] * layer.bias[e] for e in range(layer.num_experts))
+            if layer.bias is not None
+            else None
+        )
+        outs.append(
+            F.conv2d(
+                x[b : b + 1],
+                kernel,
+                bias,
+                layer.stride,
+                layer.padding,
+                layer.dilation,
+                layer.groups,
+            )
+        )
+    return torch.cat(outs)
+
+
+def _expert_sum_reference(layer: CondConv2d, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Linearity: the routing-weighted sum of E separate expert convolutions."""
+    total = 0
+    for e in range(layer.num_experts):
+        bias = layer.bias[e] if layer.bias is not None else None
+        y = F.conv2d(
+            x,
+            layer.expert_kernels()[e],
+            bias,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            layer.groups,
+        )
+        total = total + r[:, e].view(-1, 1, 1, 1) * y
+    return total
+
+
+@pytest.mark.parametrize(
+    "shape", SHAPES, ids=lambda s: f"{s[0]}-{s[1]}-k{s[2]}-s{s[3]}-g{s[6]}-{s[8]}"
+)
+def test_matches_per_example_loop_and_expert_sum(shape):
+    layer = _layer(shape)
+    x = torch.randn(5, shape[0], 11, 11)
+    out = layer(x)
+    r = layer.routing.last_weights
+    assert r.shape == (5, 4)
+    torch.testing.assert_close(out, _per_example_reference(layer, x, r), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, _expert_sum_reference(layer, x, r), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ROUTING_ACTIVATIONS)
+def test_routing_is_activation_of_linear_of_pooled_input(activation):
+    torch.manual_seed(1)
+    routing = Routing(6, 5, activation)
+    x = torch.randn(3, 6, 7, 7)
+    logits = x.mean(dim=(2, 3)) @ routing.fc.weight.T + routing.fc.bias
+    expected = {
+        "sigmoid": torch.sigmoid,
+        "softmax": lambda t: torch.softmax(t, 1),
+        "tanh": torch.tanh,
+        "relu": torch.relu,
+    }[activation](logits)
+    torch.testing.assert_close(routing(x), expected)
+    torch.testing.assert_close(routing.last_weights, expected)
+    if activation == "softmax":
+        torch.testing.assert_close(routing.last_weights.sum(1), torch.ones(3))
+
+
+def test_routing_dropout_only_in_training():
+    torch.manual_seed(0)
+    routing = Routing(64, 4, "sigmoid", dropout=0.5)
+    x = torch.randn(2, 64, 3, 3)
+    routing.eval()
+    first, second = routing(x), routing(x)
+    torch.testing.assert_close(first, second)
+    routing.train()
+    assert not torch.allclose(routing(x), first)
+
+
+def test_shared_routing_weights_are_used_when_given():
+    layer = CondConv2d(4, 4, 3, padding=1, num_experts=3, routing=None)
+    assert layer.routing is None
+    x = torch.randn(2, 4, 5, 5)
+    r = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    out = layer(x, r)
+    experts = layer.expert_kernels()
+    torch.testing.assert_close(out[0:1], F.conv2d(x[0:1], experts[0], layer.bias[0], padding=1))
+    torch.testing.assert_close(out[1:2], F.conv2d(x[1:2], experts[2], layer.bias[2], padding=1))
+    with pytest.raises(AssertionError, match="routing_weights"):
+        layer(x)
+
+
+def test_gradients_reach_every_expert_and_the_routing():
+    layer = CondConv2d(6, 8, 3, padding=1, num_experts=4, routing="sigmoid")
+    x = torch.randn(3, 6, 9, 9)
+    layer(x).square().mean().backward()
+    grads = layer.weight.grad.view(4, -1)
+    assert all(g.abs().sum() > 0 for g in grads), "every expert gets a gradient"
+    assert layer.bias.grad.abs().sum() > 0
+    assert layer.routing.fc.weight.grad.abs().sum() > 0
+    assert layer.routing.fc.bias.grad.abs().sum() > 0
+
+
+def test_experts_initialised_like_a_standalone_conv():
+    torch.manual_seed(0)
+    layer = CondConv2d(64, 64, 3, padding=1, num_experts=8)
+    reference = torch.nn.Conv2d(64, 64, 3, padding=1)
+    bound = reference.weight.abs().max().item()
+    experts = layer.expert_kernels()
+    assert experts.abs().max().item() <= bound * 1.0001
+    for e in range(8):  # each expert spans the same uniform range, and experts differ
+        assert experts[e].std().item() == pytest.approx(reference.weight.std().item(), rel=0.05)
+    assert not torch.allclose(experts[0], experts[1])
+
+
+def test_jit_trace_matches_eager():
+    layer = CondConv2d(8, 8, 3, padding=1, groups=8, num_experts=4).eval()
+    x = torch.randn(2, 8, 10, 10)
+    traced = torch.jit.trace(layer, x)
+    other = torch.randn(2, 8, 10, 10)
+    torch.testing.assert_close(traced(other), layer(other))
+
+
+@pytest.mark.parametrize("impl", ["conv", "bmm"])
+def test_torch_export_with_dynamic_batch(impl):
+    layer = CondConv2d(8, 16, 1, num_experts=4, impl=impl).eval()
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(layer, (torch.randn(2, 8, 6, 6),), dynamic_shapes=({0: batch},))
+    for b in (1, 5):
+        x = torch.randn(b, 8, 6, 6)
+        torch.testing.assert_close(program.module()(x), layer(x))
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(ValueError, match="divisible by groups"):
+        CondConv2d(6, 8, 3, groups=4)
+    with pytest.raises(ValueError, match="num_experts"):
+        CondConv2d(6, 8, 3, num_experts=0)
+    with pytest.raises(ValueError, match="bmm"):
+        CondConv2d(6, 8, 3, impl="bmm")
+    with pytest.raises(ValueError, match="routing activation"):
+        CondConv2d(6, 8, 3, routing="gelu")

@@ -140,6 +140,77 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- ccsearch train ----------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ccsearch.train import get_proxy, load_proxy_data, train_candidate
+
+    spec = resolve_spec(args.model, args.condconv, args.experts, args.routing, args.width)
+    proxy = get_proxy(args.proxy, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    data = load_proxy_data(proxy, args.data, seed=args.seed)
+    madds = count_madds(spec)
+    if not args.json:
+        print(
+            f"training {spec.name} ({format_madds(madds.madds)} MADDs at 224px, paper convention)"
+        )
+        print(
+            f"proxy {proxy.name}: {proxy.epochs} epochs at {proxy.resolution}px on {data.description}"
+        )
+
+    def report(epoch: int, top1: float) -> bool:
+        if not args.json:
+            print(f"  epoch {epoch}/{proxy.epochs}: val top-1 {top1:.1f}%", flush=True)
+        return False
+
+    result = train_candidate(spec, proxy, data, device=args.device, on_epoch=report, seed=args.seed)
+    if args.json:
+        out = {**result.to_dict(), "madds": madds.madds, "convention": madds.convention}
+        print(
+            json.dumps({**out, "spec": spec.to_dict(), "proxy_config": proxy.to_dict()}, indent=2)
+        )
+    else:
+        top1 = "n/a" if result.top1 is None else f"{result.top1:.1f}%"
+        print(
+            f"{result.status}: top-1 {top1} after {result.epochs} epochs, "
+            f"{result.wall_time:.1f}s, {result.images_per_sec:.0f} images/s on {result.device}"
+        )
+        if result.reason:
+            print(f"reason: {result.reason}")
+        if result.smoke_test:
+            print(
+                "note: digits is a smoke-test proxy, not ImageNet; its accuracy says nothing about ImageNet"
+            )
+    return 0 if result.status == "ok" else 1
+
+
+# ---- ccsearch prepare-data ---------------------------------------------------------------
+
+
+def cmd_prepare_data(args: argparse.Namespace) -> int:
+    from ccsearch.data import prepare_imagenet_cache
+
+    out = prepare_imagenet_cache(
+        args.root,
+        args.out,
+        classes=args.classes,
+        images_per_class=args.images_per_class,
+        resolution=args.resolution,
+        seed=args.seed,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    counts, skipped = manifest["counts"], manifest["skipped"]["count"]
+    print(
+        f"cache written to {out}: {counts['train']} train and {counts['val']} val images of "
+        f"{len(manifest['class_names'])} classes at {manifest['resolution']}px; "
+        f"{skipped} unreadable images skipped"
+    )
+    print(f"use it with: ccsearch train mnasnet_a1 --proxy imagenet100-64px --data {out}")
+    return 0
+
+
 # ---- entry point -------------------------------------------------------------------------
 
 
@@ -163,6 +234,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_madds)
+
+    p = sub.add_parser("train", help="train one candidate on a proxy task and print its accuracy")
+    p.add_argument("model", help=f"backbone ({', '.join(BACKBONES)}) or spec .json file")
+    p.add_argument(
+        "--condconv", metavar="GROUPS", help="block groups 1..N to make CondConv: 6,7 | 5-7 | all"
+    )
+    p.add_argument("--experts", type=int, help="experts per CondConv layer (default 8)")
+    p.add_argument(
+        "--routing", choices=ROUTING_ACTIVATIONS, help="routing activation (default sigmoid)"
+    )
+    p.add_argument(
+        "--width", type=float, default=1.0, help="width multiplier of the candidate (default 1.0)"
+    )
+    p.add_argument("--proxy", default="smoke", help="proxy preset or .yaml file (default smoke)")
+    p.add_argument(
+        "--data", help="data source, PATH (format detected) or SOURCE=PATH; default: the proxy's"
+    )
+    p.add_argument("--epochs", type=int, help="override the proxy's epochs")
+    p.add_argument("--batch-size", type=int, help="override the proxy's batch size")
+    p.add_argument("--lr", type=float, help="override the proxy's peak learning rate")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed for data split, init and order (default 0)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "prepare-data", help="decode an ImageNet folder once into a uint8 array cache"
+    )
+    p.add_argument(
+        "source", choices=["imagenet"], help="data set layout (imagenet: train/<wnid>/*.JPEG)"
+    )
+    p.add_argument("--root", required=True, help="the data set folder")
+    p.add_argument("-o", "--out", required=True, help="cache folder to write")
+    p.add_argument(
+        "--classes", type=int, help="class subset size, chosen reproducibly (default all)"
+    )
+    p.add_argument("--images-per-class", type=int, help="cap on training images per class")
+    p.add_argument("--resolution", type=int, default=64, help="stored image size (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the class subset (default 0)")
+    p.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_prepare_data)
 
     p = sub.add_parser("backbones", help="list the shipped backbones and their block groups")
     p.add_argument("--json", action="store_true", help="print one JSON object")

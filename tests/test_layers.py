@@ -18,6 +18,10 @@ SHAPES = [
     (16, 24, 1, 1, 0, 1, 1, False, "bmm"),  # pointwise as batched matmul
     (16, 24, 1, 2, 0, 1, 1, True, "bmm"),  # pointwise, stride 2
     (16, 24, 1, 1, 0, 1, 1, True, "conv"),  # pointwise as grouped conv
+    (16, 24, 1, 1, 0, 1, 1, True, "experts"),  # experts first, outputs mixed
+    (12, 12, 5, 2, 2, 1, 12, True, "experts"),  # depthwise, experts first
+    (8, 16, 3, 1, 2, 2, 2, False, "experts"),  # dilated, grouped, experts first
+    (16, 24, 1, 1, 0, 1, 1, True, "auto"),
 ]
 
 
@@ -150,6 +154,18 @@ def test_experts_initialised_like_a_standalone_conv():
     assert not torch.allclose(experts[0], experts[1])
 
 
+def test_auto_runs_experts_first_only_on_tiny_maps_in_eager_mode():
+    layer = CondConv2d(16, 24, 1, num_experts=4)
+    assert layer._choose_impl(torch.randn(2, 16, 2, 2)) == "experts"
+    assert layer._choose_impl(torch.randn(2, 16, 7, 7)) == "bmm"
+    depthwise = CondConv2d(16, 16, 3, padding=1, groups=16, num_experts=4)
+    assert depthwise._choose_impl(torch.randn(2, 16, 1, 1)) == "conv"
+    tiny = torch.randn(3, 16, 1, 1)
+    traced = torch.jit.trace(layer.eval(), tiny)  # the canonical mixed-kernel form
+    assert "aten::bmm" in str(traced.inlined_graph)
+    torch.testing.assert_close(traced(tiny), layer(tiny), atol=1e-5, rtol=1e-5)
+
+
 def test_jit_trace_matches_eager():
     layer = CondConv2d(8, 8, 3, padding=1, groups=8, num_experts=4).eval()
     x = torch.randn(2, 8, 10, 10)
@@ -175,5 +191,7 @@ def test_bad_arguments_are_rejected():
         CondConv2d(6, 8, 3, num_experts=0)
     with pytest.raises(ValueError, match="bmm"):
         CondConv2d(6, 8, 3, impl="bmm")
+    with pytest.raises(ValueError, match="impl must be"):
+        CondConv2d(6, 8, 3, impl="fast")
     with pytest.raises(ValueError, match="routing activation"):
         CondConv2d(6, 8, 3, routing="gelu")

@@ -83,6 +83,10 @@ class Block(nn.Module):
     def route(self, x: torch.Tensor) -> torch.Tensor | None:
         return self.routing(x) if self.routing is not None else None
 
+    def last_bn(self) -> nn.BatchNorm2d:
+        """The batch norm that ends the residual branch."""
+        raise NotImplementedError
+
 
 class DepthwiseSeparable(Block):
     """Depthwise kxk -> [SE] -> pointwise 1x1 (MobileNetV1 ``dsa``; MnasNet/EfficientNet ``ds``)."""
@@ -93,6 +97,9 @@ class DepthwiseSeparable(Block):
         self.se = SqueezeExcite(in_ch, max(1, int(in_ch * se)), act) if se else nn.Identity()
         self.pw = ConvBN(in_ch, out_ch, 1, act=act if pw_act else None, experts=experts)
         self.has_skip = skip and stride == 1 and in_ch == out_ch
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.pw.bn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r = self.route(x)
@@ -111,6 +118,9 @@ class InvertedResidual(Block):
         self.se = SqueezeExcite(mid, max(1, int(in_ch * se)), act) if se else nn.Identity()
         self.project = ConvBN(mid, out_ch, 1, act=None, experts=experts)
         self.has_skip = skip and stride == 1 and in_ch == out_ch
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.project.bn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r = self.route(x)
@@ -133,6 +143,9 @@ class Bottleneck(Block):
         self.shortcut = ConvBN(in_ch, out_ch, 1, stride, act=None) if needs_projection else None
         self.has_skip = skip
         self.act = make_activation(act)
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.conv3.bn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r = self.route(x)

@@ -5,8 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ccsearch.arch.blocks import Bottleneck, ConvBN, DepthwiseSeparable, InvertedResidual
+from ccsearch.arch.blocks import (
+    Block,
+    Bottleneck,
+    ConvBN,
+    DepthwiseSeparable,
+    InvertedResidual,
+)
 from ccsearch.arch.spec import ArchSpec, BlockGroup
+from ccsearch.layers import CondConv2d
 
 
 class CondConvNet(nn.Module):
@@ -46,6 +53,7 @@ class CondConvNet(nn.Module):
         self.dropout = nn.Dropout(spec.dropout) if spec.dropout else nn.Identity()
         self.classifier = nn.Linear(channels, spec.num_classes)
         self.num_features = channels
+        init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -56,6 +64,31 @@ class CondConvNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.forward_features(x)).flatten(1)  # [B, C]
         return self.classifier(self.dropout(x))  # [B, classes]
+
+
+def init_weights(model: nn.Module) -> None:
+    """He (fan-out) init for convs and experts, small classifier, zero-init residual branches.
+
+    Zeroing the last batch norm of every residual branch starts each block as the
+    identity, which makes the few epochs of a proxy run converge far more reliably.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, CondConv2d):
+            for expert in module.expert_kernels():  # views into the flat [E, params] storage
+                nn.init.kaiming_normal_(expert, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear) and module is getattr(model, "classifier", None):
+            nn.init.normal_(module.weight, std=0.01)
+            nn.init.zeros_(module.bias)
+    for module in model.modules():
+        if isinstance(module, Block) and module.has_skip:
+            nn.init.zeros_(module.last_bn().weight)
 
 
 def _make_block(group: BlockGroup, in_ch: int, stride: int, act: str) -> nn.Module:

@@ -13,6 +13,13 @@ one matmul ``[B, E] @ [E, params]`` mixes a kernel per example, then either one
 grouped convolution runs the whole batch folded into channels (``groups = B * g``),
 or, for pointwise kernels, one batched matmul over examples (faster there, see
 ``benchmarks/bench_condconv.py``).
+
+On tiny feature maps (the late layers of a low-resolution proxy, 1x1 or 2x2) mixing a
+kernel per example costs as much as running every expert, and the per-example
+kernels are memory-bound; there, in eager mode, pointwise layers run the E experts
+as one dense convolution and mix the outputs instead (the same result, by
+linearity, several times faster on a CPU).  Traced and exported graphs (fvcore's
+MADD count, ``torch.export``) always use the canonical mixed-kernel form.
 """
 
 from __future__ import annotations
@@ -78,9 +85,13 @@ class CondConv2d(nn.Module):
     layers can share one :class:`Routing`.
 
     ``impl`` picks the execution: ``"conv"`` (grouped convolution over the batch),
-    ``"bmm"`` (batched matmul, pointwise ungrouped kernels only) or ``"auto"``
-    (``bmm`` where allowed).  Both give the same result.
+    ``"bmm"`` (batched matmul, pointwise ungrouped kernels only), ``"experts"`` (every
+    expert's output, then mixed) or ``"auto"`` (pointwise: ``experts`` on maps of at
+    most ``EXPERTS_FIRST_MAX_PIXELS`` output pixels in eager mode, else ``bmm``; other
+    kernels: ``conv``).  All give the same result.
     """
+
+    EXPERTS_FIRST_MAX_PIXELS = 4  # measured crossover on CPU (benchmarks/bench_condconv.py)
 
     def __init__(
         self,
@@ -105,8 +116,8 @@ class CondConv2d(nn.Module):
             )
         if num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {num_experts}")
-        if impl not in ("auto", "conv", "bmm"):
-            raise ValueError(f"impl must be 'auto', 'conv' or 'bmm', got {impl!r}")
+        if impl not in ("auto", "conv", "bmm", "experts"):
+            raise ValueError(f"impl must be 'auto', 'conv', 'bmm' or 'experts', got {impl!r}")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = _pair(kernel_size)
@@ -115,10 +126,10 @@ class CondConv2d(nn.Module):
         self.dilation = _pair(dilation)
         self.groups = groups
         self.num_experts = num_experts
-        pointwise = self.kernel_size == (1, 1) and self.padding == (0, 0) and groups == 1
-        if impl == "bmm" and not pointwise:
+        self.pointwise = self.kernel_size == (1, 1) and self.padding == (0, 0) and groups == 1
+        if impl == "bmm" and not self.pointwise:
             raise ValueError("impl='bmm' needs a 1x1 kernel, no padding and groups=1")
-        self.impl = "bmm" if impl == "auto" and pointwise else ("conv" if impl == "auto" else impl)
+        self.impl = impl
 
         self.weight_shape = (out_channels, in_channels // groups, *self.kernel_size)
         # Experts stored flat so that one matmul mixes them: [E, out * in/g * kh * kw].
@@ -143,10 +154,13 @@ class CondConv2d(nn.Module):
         if routing_weights is None:
             assert self.routing is not None, "routing=None: pass routing_weights to forward"
             routing_weights = self.routing(x)
+        impl = self._choose_impl(x)
+        if impl == "experts":
+            return self._forward_experts_first(x, routing_weights)
         b, c, h, w = x.shape
         kernels = routing_weights @ self.weight  # [B, E] @ [E, P] -> [B, P]: one kernel per example
         bias = routing_weights @ self.bias if self.bias is not None else None  # [B, out]
-        if self.impl == "bmm":
+        if impl == "bmm":
             if self.stride != (1, 1):
                 x = x[:, :, :: self.stride[0], :: self.stride[1]]
                 h, w = x.shape[2], x.shape[3]
@@ -167,6 +181,30 @@ class CondConv2d(nn.Module):
             groups=b * self.groups,
         )  # [1, B*out, H', W']
         return out.view(b, self.out_channels, out.shape[-2], out.shape[-1])
+
+    def _choose_impl(self, x: torch.Tensor) -> str:
+        if self.impl != "auto":
+            return self.impl
+        if not self.pointwise:
+            return "conv"
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+        pixels = -(-x.shape[2] // self.stride[0]) * -(-x.shape[3] // self.stride[1])
+        return "experts" if not tracing and pixels <= self.EXPERTS_FIRST_MAX_PIXELS else "bmm"
+
+    def _forward_experts_first(self, x: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
+        """Run all E experts as one convolution, then mix their outputs per example."""
+        b, e, g = x.shape[0], self.num_experts, self.groups
+        out_g = self.out_channels // g
+        # Group-major stacking so a grouped conv sees each group's E*out/g kernels together.
+        weight = self.weight.view(e, g, out_g, *self.weight_shape[1:]).transpose(0, 1)
+        weight = weight.reshape(g * e * out_g, *self.weight_shape[1:])  # [g*E*out/g, in/g, kh, kw]
+        y = F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, g)
+        y = y.view(b, g, e, out_g, y.shape[-2], y.shape[-1])  # [B, g, E, out/g, H', W']
+        out = torch.einsum("be,bgeohw->bgohw", routing_weights, y)
+        out = out.reshape(b, self.out_channels, y.shape[-2], y.shape[-1])
+        if self.bias is not None:
+            out = out + (routing_weights @ self.bias).view(b, self.out_channels, 1, 1)
+        return out
 
     def expert_kernels(self) -> torch.Tensor:
         """The experts as ``[E, out, in/g, kh, kw]`` (for references and analysis)."""

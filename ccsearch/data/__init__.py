@@ -1,0 +1,29 @@
+"""Proxy-task data: one registry of sources, each returning uint8 NHWC arrays.
+
+NAS ranks candidates on a proxy (class subset, low resolution); see DESIGN.md
+"The proxy task". Nothing here downloads anything.
+"""
+
+from ccsearch.data._proxy import ProxyData
+from ccsearch.data._registry import (
+    DEFAULT_SOURCE,
+    SOURCES,
+    available_sources,
+    detect_source,
+    load_data,
+    parse_data_arg,
+)
+from ccsearch.data.cache import is_cache_dir, load_cache, prepare_imagenet_cache
+
+__all__ = [
+    "DEFAULT_SOURCE",
+    "SOURCES",
+    "ProxyData",
+    "available_sources",
+    "detect_source",
+    "is_cache_dir",
+    "load_cache",
+    "load_data",
+    "parse_data_arg",
+    "prepare_imagenet_cache",
+]

@@ -1,0 +1,123 @@
+"""The one table of data sources and the single entry point that validates options."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from ccsearch.data._common import check_positive, check_seed
+from ccsearch.data._proxy import ProxyData
+from ccsearch.data.cache import is_cache_dir, load_imagenet_cache
+from ccsearch.data.cifar import load_cifar10, load_cifar100
+from ccsearch.data.digits import load_digits_proxy
+from ccsearch.data.downsampled import load_downsampled
+from ccsearch.data.imagenet import load_imagenet
+from ccsearch.errors import UserError
+
+
+class Loader(Protocol):
+    def __call__(
+        self,
+        root: Path | None,
+        *,
+        resolution: int,
+        classes: int | None,
+        images_per_class: int | None,
+        seed: int,
+    ) -> ProxyData: ...
+
+
+def load_imagenet_any(
+    root: Path | None,
+    *,
+    resolution: int,
+    classes: int | None,
+    images_per_class: int | None,
+    seed: int,
+) -> ProxyData:
+    """ImageNet JPEG folders, or a cache made by ``ccsearch prepare-data`` (memory-mapped)."""
+    kwargs = dict(
+        resolution=resolution, classes=classes, images_per_class=images_per_class, seed=seed
+    )
+    if root is not None and is_cache_dir(root):
+        return load_imagenet_cache(root, **kwargs)  # type: ignore[arg-type]
+    return load_imagenet(root, **kwargs)  # type: ignore[arg-type]
+
+
+SOURCES: dict[str, Loader | Callable[..., ProxyData]] = {
+    "imagenet": load_imagenet_any,
+    "imagenet-downsampled": load_downsampled,
+    "cifar10": load_cifar10,
+    "cifar100": load_cifar100,
+    "digits": load_digits_proxy,
+}
+
+DEFAULT_SOURCE = "digits"
+
+
+def available_sources() -> list[str]:
+    return list(SOURCES)
+
+
+def load_data(
+    source: str,
+    root: str | Path | None = None,
+    *,
+    resolution: int,
+    classes: int | None = None,
+    images_per_class: int | None = None,
+    seed: int = 0,
+) -> ProxyData:
+    """Load a proxy data set by registry name; every user mistake becomes a ``UserError``."""
+    loader = SOURCES.get(source)
+    if loader is None:
+        raise UserError(f"unknown data source {source!r}; known: {', '.join(SOURCES)}")
+    check_positive("resolution", resolution, optional=False)
+    check_positive("classes", classes)
+    check_positive("images_per_class", images_per_class)
+    check_seed(seed)
+    path = None if root is None else Path(root).expanduser()
+    return loader(
+        path, resolution=resolution, classes=classes, images_per_class=images_per_class, seed=seed
+    )
+
+
+def parse_data_arg(text: str | None, default: str = DEFAULT_SOURCE) -> tuple[str, Path | None]:
+    """Read the CLI's ``--data``: ``SOURCE``, ``SOURCE=PATH`` or a ``PATH`` whose format is detected.
+
+    ``None`` means the proxy's default source (the embedded digits unless it says otherwise).
+    """
+    if text is None:
+        return default, None
+    if "=" in text:
+        source, _, path = text.partition("=")
+        if source not in SOURCES:
+            raise UserError(f"unknown data source {source!r} in --data {text!r}; known: {', '.join(SOURCES)}")
+        return source, Path(path).expanduser()
+    if text in SOURCES:
+        return text, None
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise UserError(
+            f"--data {text!r} is neither a data source ({', '.join(SOURCES)}) nor an existing path"
+        )
+    return detect_source(path), path
+
+
+def detect_source(path: Path) -> str:
+    """Tell a data folder's format from the files the real data sets ship with."""
+    if is_cache_dir(path) or (path / "train").is_dir():
+        return "imagenet"
+    if path.is_dir():
+        names = {p.name for p in path.iterdir()}
+        if "data_batch_1" in names or "cifar-10-batches-py" in names:
+            return "cifar10"
+        if {"train", "meta"} <= names or "cifar-100-python" in names:
+            return "cifar100"
+        if any(name.endswith(".npz") for name in names):
+            return "imagenet-downsampled"
+    raise UserError(
+        f"cannot tell the data format of {path}; name it as SOURCE=PATH with SOURCE one of "
+        f"{', '.join(SOURCES)}"
+    )

@@ -1,0 +1,22 @@
+"""Proxy training: presets, on-device augmentation and the candidate trainer."""
+
+from ccsearch.train.proxy import PRESETS, ProxyConfig, get_proxy, load_proxy_data
+from ccsearch.train.trainer import (
+    DeviceData,
+    TrainResult,
+    evaluate,
+    resolve_device,
+    train_candidate,
+)
+
+__all__ = [
+    "PRESETS",
+    "DeviceData",
+    "ProxyConfig",
+    "TrainResult",
+    "evaluate",
+    "get_proxy",
+    "load_proxy_data",
+    "resolve_device",
+    "train_candidate",
+]

@@ -1,0 +1,191 @@
+"""Proxy-task presets: how a candidate's accuracy is estimated cheaply.
+
+A proxy changes only how accuracy is estimated (class subset, low resolution, few
+epochs, optionally a thinner/shallower copy of the candidate); MADDs are always
+counted on the full model at 224px.  Presets are data; a YAML file with the same
+fields defines a custom one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ccsearch.arch import ArchSpec
+from ccsearch.data import DEFAULT_SOURCE, ProxyData, load_data, parse_data_arg
+from ccsearch.errors import UserError
+
+OPTIMIZERS = ("sgd", "rmsprop")
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    name: str
+    data: str = "digits"  # default data source when the user names none
+    resolution: int = 32  # proxy input size; MADDs are still counted at 224
+    classes: int | None = None  # class subset (None = all classes of the source)
+    images_per_class: int | None = None  # cap on training images per class
+    epochs: int = 3
+    batch_size: int = 64
+    optimizer: str = "sgd"  # SGD with Nesterov momentum; rmsprop as in MnasNet
+    lr: float = 0.1  # peak LR for batch_size; cosine decay after warm-up
+    momentum: float = 0.9
+    weight_decay: float = 5e-5  # not applied to batch norm and biases
+    warmup_epochs: float = 0.5  # linear warm-up keeps early BN statistics sane
+    label_smoothing: float = 0.1
+    crop_padding: int = 4  # random crop with this much zero padding
+    flip: bool = True  # random horizontal flip
+    width: float = 1.0  # proxy-only width multiplier of the candidate
+    depth: float = 1.0  # proxy-only multiplier of each group's repeats
+    max_val_images: int | None = None  # cap on held-out images (evaluation cost)
+
+    def __post_init__(self) -> None:
+        where = f"proxy {self.name!r}"
+        positive_ints = ("resolution", "epochs", "batch_size")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"{where}: {name} must be a positive integer, got {value!r}")
+        for name in ("classes", "images_per_class", "max_val_images"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise UserError(
+                    f"{where}: {name} must be a positive integer or null, got {value!r}"
+                )
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"{where}: optimizer {self.optimizer!r} is not one of {OPTIMIZERS}")
+        for name in ("lr", "width", "depth"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not value > 0:
+                raise UserError(f"{where}: {name} must be > 0, got {value!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise UserError(
+                f"{where}: label_smoothing must be in [0, 1), got {self.label_smoothing!r}"
+            )
+
+    def adapt(self, spec: ArchSpec, num_classes: int) -> ArchSpec:
+        """The model actually trained: the candidate with the proxy's classes, width and depth."""
+        adapted = spec.scale_width(self.width) if self.width != 1 else spec
+        if self.depth != 1:
+            groups = tuple(
+                replace(g, repeats=max(1, math.ceil(g.repeats * self.depth)))
+                for g in adapted.groups
+            )
+            adapted = replace(adapted, groups=groups)
+        return replace(adapted, num_classes=num_classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PRESETS: dict[str, ProxyConfig] = {
+    # The embedded default: digits at 32px on a half-width copy of the candidate, 4
+    # epochs: about half a minute per candidate on 2 CPU cores, ~90% top-1 for
+    # MnasNet-A1.  A smoke test of the pipeline, not an ImageNet estimate.
+    "smoke": ProxyConfig(
+        name="smoke",
+        data="digits",
+        resolution=32,
+        epochs=4,
+        batch_size=64,
+        lr=0.04,
+        warmup_epochs=0.5,
+        crop_padding=2,
+        flip=False,  # flipped digits are other digits
+        width=0.5,
+    ),
+    # 100 ImageNet classes at 64px, 500 images each, 10 epochs: the common NAS proxy.
+    "imagenet100-64px": ProxyConfig(
+        name="imagenet100-64px",
+        data="imagenet",
+        resolution=64,
+        classes=100,
+        images_per_class=500,
+        epochs=10,
+        batch_size=256,
+        lr=0.4,
+        warmup_epochs=1,
+        weight_decay=4e-5,
+        crop_padding=4,
+        flip=True,
+    ),
+    # Imagenet32 (downsampled ImageNet, all 1000 classes), 5 epochs.
+    "imagenet32": ProxyConfig(
+        name="imagenet32",
+        data="imagenet-downsampled",
+        resolution=32,
+        images_per_class=300,
+        epochs=5,
+        batch_size=256,
+        lr=0.4,
+        warmup_epochs=1,
+        weight_decay=4e-5,
+        max_val_images=10_000,
+    ),
+    "cifar10": ProxyConfig(
+        name="cifar10",
+        data="cifar10",
+        resolution=32,
+        epochs=10,
+        batch_size=128,
+        lr=0.2,
+        warmup_epochs=1,
+        weight_decay=5e-4,
+    ),
+}
+
+
+def get_proxy(name_or_path: str | ProxyConfig, **overrides: Any) -> ProxyConfig:
+    """A preset by name, or a YAML file of ``ProxyConfig`` fields; ``overrides`` replace fields."""
+    if isinstance(name_or_path, ProxyConfig):
+        proxy = name_or_path
+    elif name_or_path in PRESETS:
+        proxy = PRESETS[name_or_path]
+    elif str(name_or_path).endswith((".yaml", ".yml")):
+        proxy = _load_yaml(Path(name_or_path))
+    else:
+        raise UserError(
+            f"unknown proxy preset {name_or_path!r}; presets: {', '.join(PRESETS)} "
+            "(or a .yaml file)"
+        )
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return replace(proxy, **overrides) if overrides else proxy
+
+
+def _load_yaml(path: Path) -> ProxyConfig:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise UserError(f"cannot read proxy file {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: invalid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a proxy file must be a mapping of ProxyConfig fields")
+    known = {f.name for f in fields(ProxyConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(f"{path}: unknown proxy field(s) {unknown}; known: {sorted(known)}")
+    data.setdefault("name", path.stem)
+    return ProxyConfig(**data)
+
+
+def load_proxy_data(proxy: ProxyConfig, data: str | None = None, seed: int = 0) -> ProxyData:
+    """The data a proxy trains on: ``data`` (a CLI ``--data`` string) or the proxy's default."""
+    source, root = parse_data_arg(data, default=proxy.data)
+    if root is None and source != DEFAULT_SOURCE:
+        raise UserError(
+            f"proxy {proxy.name!r} reads {source}: give its location with --data PATH "
+            f"(or --data {DEFAULT_SOURCE} for the embedded smoke test)"
+        )
+    return load_data(
+        source,
+        root,
+        resolution=proxy.resolution,
+        classes=proxy.classes,
+        images_per_class=proxy.images_per_class,
+        seed=seed,
+    )

@@ -1,0 +1,256 @@
+"""``train_candidate``: one short proxy training run of one architecture.
+
+The whole proxy data set sits in memory as uint8 (on the GPU when there is one);
+batches are augmented on the device, so an epoch never decodes an image.  Every
+ending is a result, never an exception that would kill a search: ``ok``,
+``pruned`` (the epoch callback said stop), ``diverged`` (non-finite loss) or
+``failed`` (e.g. CUDA out of memory), each with its reason.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ccsearch.arch import ArchSpec, build_model
+from ccsearch.data import ProxyData
+from ccsearch.train.augment import random_crop_flip
+from ccsearch.train.proxy import ProxyConfig
+
+# Called after each epoch with (epoch 1..N, validation top-1 in %); True stops the run.
+EpochCallback = Callable[[int, float], bool]
+
+
+@dataclass
+class TrainResult:
+    status: str  # ok | pruned | diverged | failed
+    top1: float | None  # validation top-1 (%) after the last epoch run
+    curve: list[float] = field(default_factory=list)  # validation top-1 per epoch
+    losses: list[float] = field(default_factory=list)  # mean training loss per epoch
+    epochs: int = 0
+    wall_time: float = 0.0  # seconds, whole run
+    images_per_sec: float = 0.0  # training throughput (forward + backward + step)
+    device: str = "cpu"
+    reason: str = ""
+    proxy: str = ""
+    data: str = ""  # description of the data, says "not ImageNet" for the smoke proxy
+    smoke_test: bool = False
+    seed: int = 0
+    params: int = 0  # parameters of the proxy model actually trained
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class DeviceData:
+    """Proxy data moved once to the device: uint8 NCHW tensors plus normalisation."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    mean: torch.Tensor  # [1, 3, 1, 1], in 0..255 units
+    std: torch.Tensor
+    num_classes: int
+    description: str
+    smoke_test: bool
+
+    @classmethod
+    def from_proxy_data(
+        cls, data: ProxyData, device: torch.device, max_val_images: int | None = None
+    ) -> DeviceData:
+        pin = device.type == "cuda"
+
+        def to_device(array: np.ndarray) -> torch.Tensor:
+            tensor = torch.from_numpy(np.ascontiguousarray(array))
+            if tensor.ndim == 4:
+                tensor = tensor.permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
+            if pin:
+                tensor = tensor.pin_memory()
+            return tensor.to(device, non_blocking=pin)
+
+        val_x, val_y = data.val_x, data.val_y
+        if max_val_images is not None and len(val_y) > max_val_images:
+            val_x, val_y = val_x[:max_val_images], val_y[:max_val_images]
+        sample = data.train_x[: min(len(data.train_x), 10_000)].astype(np.float32)
+        mean = sample.mean(axis=(0, 1, 2))
+        std = sample.std(axis=(0, 1, 2)) + 1e-3
+        return cls(
+            train_x=to_device(data.train_x),
+            train_y=to_device(data.train_y),
+            val_x=to_device(val_x),
+            val_y=to_device(val_y),
+            mean=torch.tensor(mean, device=device).view(1, 3, 1, 1),
+            std=torch.tensor(std, device=device).view(1, 3, 1, 1),
+            num_classes=data.num_classes,
+            description=data.description,
+            smoke_test=data.is_smoke_test,
+        )
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.mean) / self.std
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def train_candidate(
+    spec: ArchSpec,
+    proxy: ProxyConfig,
+    data: ProxyData | DeviceData,
+    device: str | torch.device | None = None,
+    on_epoch: EpochCallback | None = None,
+    seed: int = 0,
+) -> TrainResult:
+    """Train ``spec`` (adapted to the proxy) and return its validation accuracy curve."""
+    start = time.perf_counter()
+    device = resolve_device(device)
+    if isinstance(data, ProxyData):
+        data = DeviceData.from_proxy_data(data, device, proxy.max_val_images)
+    result = TrainResult(
+        status="ok",
+        top1=None,
+        device=str(device),
+        proxy=proxy.name,
+        data=data.description,
+        smoke_test=data.smoke_test,
+        seed=seed,
+    )
+    try:
+        _train(spec, proxy, data, device, on_epoch, seed, result)
+    except torch.OutOfMemoryError as err:
+        result.status, result.reason = "failed", f"out of memory: {str(err).splitlines()[0]}"
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    result.wall_time = time.perf_counter() - start
+    return result
+
+
+def _train(
+    spec: ArchSpec,
+    proxy: ProxyConfig,
+    data: DeviceData,
+    device: torch.device,
+    on_epoch: EpochCallback | None,
+    seed: int,
+    result: TrainResult,
+) -> None:
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model = build_model(proxy.adapt(spec, data.num_classes)).to(device)
+    result.params = sum(p.numel() for p in model.parameters())
+    cuda = device.type == "cuda"
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+    autocast = torch.autocast("cuda", dtype=amp_dtype) if cuda else nullcontext()
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda and amp_dtype == torch.float16)
+
+    n = len(data.train_y)
+    batch_size = min(proxy.batch_size, n)
+    steps_per_epoch = n // batch_size  # drop the ragged last batch: BN needs > 1 example
+    optimizer = _optimizer(model, proxy)
+    schedule = _lr_schedule(proxy, steps_per_epoch)
+    train_seconds = 0.0
+    images_seen = 0
+    for epoch in range(1, proxy.epochs + 1):
+        model.train()
+        epoch_start = time.perf_counter()
+        order = torch.randperm(n, generator=generator).to(device)
+        loss_sum = torch.zeros((), device=device)
+        for step in range(steps_per_epoch):
+            for group in optimizer.param_groups:
+                group["lr"] = proxy.lr * schedule((epoch - 1) * steps_per_epoch + step)
+            index = order[step * batch_size : (step + 1) * batch_size]
+            images = random_crop_flip(
+                data.train_x[index], proxy.crop_padding, proxy.flip, generator
+            )
+            images = data.normalise(images)
+            if cuda:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                loss = F.cross_entropy(
+                    model(images), data.train_y[index], label_smoothing=proxy.label_smoothing
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum += loss.detach().float()
+        mean_loss = float(loss_sum) / max(1, steps_per_epoch)  # one sync per epoch
+        if cuda:
+            torch.cuda.synchronize()
+        train_seconds += time.perf_counter() - epoch_start
+        images_seen += steps_per_epoch * batch_size
+        result.images_per_sec = images_seen / train_seconds if train_seconds else 0.0
+        result.losses.append(mean_loss)
+        result.epochs = epoch
+        if not math.isfinite(mean_loss):
+            result.status = "diverged"
+            result.reason = f"non-finite training loss in epoch {epoch}"
+            return
+        top1 = evaluate(model, data, batch_size=max(256, batch_size), autocast=autocast)
+        result.curve.append(top1)
+        result.top1 = top1
+        if on_epoch is not None and on_epoch(epoch, top1):
+            result.status, result.reason = "pruned", f"stopped by the pruner after epoch {epoch}"
+            return
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DeviceData, batch_size: int = 256, autocast=None) -> float:
+    """Top-1 accuracy (%) on the held-out split."""
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=data.val_y.device)
+    cuda = data.val_x.device.type == "cuda"
+    for start in range(0, len(data.val_y), batch_size):
+        images = data.normalise(data.val_x[start : start + batch_size])
+        if cuda:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast or nullcontext():
+            logits = model(images)
+        correct += (logits.argmax(1) == data.val_y[start : start + batch_size]).sum()
+    return 100.0 * int(correct) / max(1, len(data.val_y))
+
+
+def _optimizer(model: nn.Module, proxy: ProxyConfig) -> torch.optim.Optimizer:
+    """No weight decay on batch norm and biases (1-D parameters)."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": proxy.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if proxy.optimizer == "rmsprop":
+        return torch.optim.RMSprop(
+            groups, lr=proxy.lr, alpha=0.9, eps=1e-3, momentum=proxy.momentum
+        )
+    return torch.optim.SGD(groups, lr=proxy.lr, momentum=proxy.momentum, nesterov=True)
+
+
+def _lr_schedule(proxy: ProxyConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """Linear warm-up, then cosine decay to zero; a factor of the peak LR per step."""
+    total = max(1, proxy.epochs * steps_per_epoch)
+    warmup = min(total - 1, int(proxy.warmup_epochs * steps_per_epoch))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor

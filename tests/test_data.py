@@ -1,0 +1,516 @@
+"""Data loaders on small files written here in each real on-disk format (no downloads)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ccsearch.data import (
+    ProxyData,
+    available_sources,
+    load_cache,
+    load_data,
+    prepare_imagenet_cache,
+)
+from ccsearch.errors import UserError
+
+WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361"]
+COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 40)]
+
+
+def colour_of(image: np.ndarray) -> np.ndarray:
+    return image.reshape(-1, 3).astype(float).mean(axis=0)
+
+
+def save_jpeg(path: Path, colour: tuple[int, int, int], size: tuple[int, int] = (64, 32)) -> None:
+    """A class-coloured image whose black side bars must vanish under the centre crop."""
+    w, h = size
+    pixels = np.zeros((h, w, 3), np.uint8)
+    margin = abs(w - h) // 4  # bars are well outside the centre square
+    if w >= h:
+        pixels[:, margin : w - margin] = colour
+    else:
+        pixels[margin : h - margin, :] = colour
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, "JPEG", quality=95, subsampling=0)
+
+
+def make_imagenet(
+    root: Path,
+    *,
+    n_classes: int = 3,
+    train_per_class: int = 4,
+    val_per_class: int = 2,
+    flat_val: str | None = None,
+    corrupt: bool = True,
+) -> Path:
+    """ImageNet layout; ``flat_val`` = None (wnid folders), "txt" or "csv" (labels file)."""
+    for c, wnid in enumerate(WNIDS[:n_classes]):
+        for i in range(train_per_class):
+            save_jpeg(root / "train" / wnid / f"{wnid}_{i}.JPEG", COLOURS[c])
+    labels = []
+    for c, wnid in enumerate(WNIDS[:n_classes]):
+        for i in range(val_per_class):
+            name = f"ILSVRC2012_val_{c:04d}{i:04d}"
+            labels.append((name, wnid))
+            folder = root / "val" if flat_val else root / "val" / wnid
+            save_jpeg(folder / f"{name}.JPEG", COLOURS[c], size=(32, 48))
+    if flat_val == "txt":
+        lines = ["# filename wnid"] + [f"{n}.JPEG {w}" for n, w in labels]
+        (root / "val_labels.txt").write_text("\n".join(lines) + "\n")
+    elif flat_val == "csv":
+        rows = ["ImageId,PredictionString"] + [
+            f"{n},{w} 1 2 30 40 {w} 3 4 20 20" for n, w in labels
+        ]
+        (root / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
+    if corrupt:
+        (root / "train" / WNIDS[0] / "broken.JPEG").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    return root
+
+
+def assert_colours_match(data: ProxyData) -> None:
+    for x, y in ((data.train_x, data.train_y), (data.val_x, data.val_y)):
+        for image, label in zip(x, y, strict=True):
+            expected = COLOURS[WNIDS.index(data.class_names[label])]
+            np.testing.assert_allclose(colour_of(image), expected, atol=4)
+
+
+def write_pickle(path: Path, obj: object) -> None:
+    """Protocol 2 naming ``numpy.core`` for arrays, as the real (Python 2) CIFAR files do."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = pickle.dumps(obj, protocol=2)
+    path.write_bytes(raw.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n"))
+
+
+def cifar_rows(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """CHW-flattened rows: R plane = label, G plane = image id, B plane = 255."""
+    n = len(labels)
+    planes = np.empty((n, 3, 32, 32), np.uint8)
+    planes[:, 0] = labels[:, None, None]
+    planes[:, 1] = ids[:, None, None]
+    planes[:, 2] = 255
+    return planes.reshape(n, 3072)
+
+
+def make_cifar10(folder: Path, per_class_per_batch: int = 1) -> Path:
+    labels = np.repeat(np.arange(10), per_class_per_batch)
+    for b in range(1, 6):
+        ids = np.arange(len(labels)) + 20 * b
+        batch = {b"batch_label": b"x", b"data": cifar_rows(labels, ids), b"labels": labels.tolist()}
+        write_pickle(folder / f"data_batch_{b}", batch)
+    test = {
+        b"data": cifar_rows(labels, np.zeros(len(labels), np.int64)),
+        b"labels": labels.tolist(),
+    }
+    write_pickle(folder / "test_batch", test)
+    names = [f"name{c}".encode() for c in range(10)]
+    write_pickle(folder / "batches.meta", {b"label_names": names, b"num_vis": 3072})
+    return folder
+
+
+def make_cifar100(folder: Path) -> Path:
+    labels = np.repeat(np.arange(100), 2)
+    for split in ("train", "test"):
+        rows = cifar_rows(labels, np.arange(len(labels)) % 256)
+        batch = {
+            b"data": rows,
+            b"fine_labels": labels.tolist(),
+            b"coarse_labels": (labels // 5).tolist(),
+        }
+        write_pickle(folder / split, batch)
+    write_pickle(folder / "meta", {b"fine_label_names": [f"f{c}".encode() for c in range(100)]})
+    return folder
+
+
+def downsampled_batch(labels_1based: np.ndarray, side: int) -> dict[str, np.ndarray]:
+    """Imagenet32-style rows: R plane = 10*label, G plane = 100, B plane = 250."""
+    n = len(labels_1based)
+    planes = np.empty((n, 3, side, side), np.uint8)
+    planes[:, 0] = (10 * labels_1based)[:, None, None]
+    planes[:, 1] = 100
+    planes[:, 2] = 250
+    return {
+        "data": planes.reshape(n, -1),
+        "labels": labels_1based,
+        "mean": np.zeros(3 * side * side),
+    }
+
+
+# ---------------------------------------------------------------- registry and ProxyData
+
+
+def test_registry_lists_all_sources() -> None:
+    assert set(available_sources()) == {
+        "imagenet",
+        "imagenet-downsampled",
+        "cifar10",
+        "cifar100",
+        "digits",
+    }
+
+
+def test_unknown_source_lists_known_ones() -> None:
+    with pytest.raises(UserError, match="unknown data source 'mnist'.*imagenet.*digits"):
+        load_data("mnist", resolution=32)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"resolution": 0}, "resolution"),
+        ({"resolution": 32, "classes": 0}, "classes"),
+        ({"resolution": 32, "images_per_class": -1}, "images_per_class"),
+        ({"resolution": 32, "seed": -3}, "seed"),
+        ({"resolution": True}, "resolution"),
+        ({"resolution": 32, "classes": 11}, "classes=11 but digits has only 10"),
+    ],
+)
+def test_bad_option_values(kwargs: dict, match: str) -> None:
+    with pytest.raises(UserError, match=match):
+        load_data("digits", **kwargs)
+
+
+# ------------------------------------------------------------------------------- digits
+
+
+def test_digits_smoke_test_proxy() -> None:
+    data = load_data("digits", resolution=16)
+    assert data.train_x.shape[1:] == (16, 16, 3) and data.train_x.dtype == np.uint8
+    assert data.train_y.dtype == np.int64
+    assert len(data.train_x) + len(data.val_x) == 1797
+    assert 0.75 < len(data.train_x) / 1797 < 0.85
+    assert data.num_classes == 10 and data.resolution == 16
+    assert data.class_names == [str(d) for d in range(10)]
+    assert data.is_smoke_test and "not ImageNet" in data.description
+    assert data.train_x.max() == 255
+    assert np.array_equal(data.train_x[..., 0], data.train_x[..., 2])  # grey replicated
+    assert set(np.bincount(data.val_y)) <= {35, 36, 37}  # stratified
+
+    again = load_data("digits", resolution=16)
+    assert np.array_equal(again.train_x, data.train_x) and np.array_equal(again.val_y, data.val_y)
+    other = load_data("digits", resolution=16, seed=1)
+    assert not np.array_equal(other.val_x, data.val_x)
+
+
+def test_digits_takes_no_root(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=str(tmp_path)):
+        load_data("digits", tmp_path, resolution=16)
+
+
+# ----------------------------------------------------------------------------- imagenet
+
+
+@pytest.mark.parametrize("flat_val", [None, "txt", "csv"])
+def test_imagenet_folders(tmp_path: Path, flat_val: str | None) -> None:
+    root = make_imagenet(tmp_path / "imagenet", flat_val=flat_val)
+    data = load_data("imagenet", root, resolution=16)
+    assert data.class_names == WNIDS[:3]
+    assert data.train_x.shape == (12, 16, 16, 3)  # the broken file is skipped
+    assert data.val_x.shape == (6, 16, 16, 3)
+    assert data.train_x.dtype == np.uint8 and data.val_y.dtype == np.int64
+    assert list(np.bincount(data.train_y)) == [4, 4, 4]
+    assert list(np.bincount(data.val_y)) == [2, 2, 2]
+    assert "1 unreadable" in data.description and not data.is_smoke_test
+    assert_colours_match(data)  # also shows the black side bars were cropped away
+
+
+def test_imagenet_grey_and_cmyk_become_rgb(tmp_path: Path) -> None:
+    root = make_imagenet(tmp_path, n_classes=2, train_per_class=1, val_per_class=1, corrupt=False)
+    Image.new("L", (40, 40), 128).save(root / "train" / WNIDS[0] / "grey.JPEG")
+    Image.new("CMYK", (40, 40), (0, 0, 0, 0)).save(root / "train" / WNIDS[1] / "cmyk.JPEG")
+    data = load_data("imagenet", root, resolution=8)
+    assert data.train_x.shape == (4, 8, 8, 3)
+    grey, cmyk = data.train_x[0], data.train_x[2]  # sorted: grey < n01440764_0, cmyk < n01443537_0
+    np.testing.assert_allclose(colour_of(grey), (128, 128, 128), atol=2)
+    np.testing.assert_allclose(colour_of(cmyk), (255, 255, 255), atol=2)  # no ink is white
+
+
+def test_imagenet_class_subset_and_cap(tmp_path: Path) -> None:
+    root = make_imagenet(tmp_path, n_classes=4, train_per_class=5, val_per_class=1, corrupt=False)
+    picks = {
+        seed: load_data("imagenet", root, resolution=8, classes=2, images_per_class=3, seed=seed)
+        for seed in range(6)
+    }
+    first = picks[0]
+    assert first.num_classes == 2 and first.class_names == sorted(first.class_names)
+    assert list(np.bincount(first.train_y)) == [3, 3]
+    assert list(np.bincount(first.val_y)) == [1, 1]  # val is never capped
+    assert_colours_match(first)
+    again = load_data("imagenet", root, resolution=8, classes=2, images_per_class=3, seed=0)
+    assert again.class_names == first.class_names
+    assert np.array_equal(again.train_x, first.train_x)
+    assert len({tuple(p.class_names) for p in picks.values()}) > 1
+
+
+@pytest.mark.parametrize(
+    ("setup", "match"),
+    [
+        ("missing", "does not exist"),
+        ("empty", "is empty"),
+        ("no_train", "not an ImageNet folder"),
+        ("no_labels", "needs a labels file"),
+        ("bad_labels", "expected '<filename> <wnid>'"),
+        ("unlabelled", "has no entry in the labels file"),
+    ],
+)
+def test_imagenet_errors(tmp_path: Path, setup: str, match: str) -> None:
+    root = tmp_path / "data"
+    if setup == "empty":
+        root.mkdir()
+    elif setup == "no_train":
+        (root / "val").mkdir(parents=True)
+    elif setup != "missing":
+        make_imagenet(root, n_classes=1, train_per_class=1, val_per_class=1, flat_val="txt")
+        if setup == "no_labels":
+            (root / "val_labels.txt").unlink()
+        elif setup == "bad_labels":
+            (root / "val_labels.txt").write_text("only-one-column\n")
+        elif setup == "unlabelled":
+            save_jpeg(root / "val" / "stray.JPEG", COLOURS[0])
+    with pytest.raises(UserError, match=match) as err:
+        load_data("imagenet", root, resolution=8)
+    assert str(root) in str(err.value)
+
+
+# ------------------------------------------------------------------------- cache
+
+
+def test_cache_round_trip(tmp_path: Path) -> None:
+    root = make_imagenet(tmp_path / "imagenet", train_per_class=22)  # 66 images: uses the pool
+    out = tmp_path / "cache"
+    assert prepare_imagenet_cache(root, out, resolution=16, workers=2, progress=False) == out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["skipped"]["count"] == 1
+    assert manifest["skipped"]["paths"] == [str(root / "train" / WNIDS[0] / "broken.JPEG")]
+    assert manifest["counts"] == {"train": 66, "val": 6}
+    assert manifest["class_names"] == WNIDS[:3] and manifest["resolution"] == 16
+    for name, spec in manifest["files"].items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == spec["sha256"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "imagenet"]  # no temp dirs
+
+    direct = load_data("imagenet", root, resolution=16)
+    cached = load_data("imagenet", out, resolution=16)
+    assert isinstance(cached.train_x, np.memmap) and not cached.train_x.flags.writeable
+    for field in ("train_x", "train_y", "val_x", "val_y", "class_names"):
+        assert np.array_equal(getattr(direct, field), getattr(cached, field)), field
+    assert load_cache(out, verify=True).num_classes == 3
+
+    smaller = load_data("imagenet", out, resolution=8, classes=2, images_per_class=5, seed=1)
+    assert smaller.train_x.shape == (10, 8, 8, 3)
+    assert_colours_match(smaller)
+    with pytest.raises(UserError, match="cannot serve 32px"):
+        load_data("imagenet", out, resolution=32)
+
+
+def test_cache_subset_matches_direct_load(tmp_path: Path) -> None:
+    root = make_imagenet(tmp_path / "imagenet", n_classes=4, train_per_class=4, corrupt=False)
+    opts = {"classes": 2, "images_per_class": 2, "seed": 3}
+    out = prepare_imagenet_cache(
+        root, tmp_path / "c", resolution=8, workers=1, progress=False, **opts
+    )
+    direct = load_data("imagenet", root, resolution=8, **opts)
+    cached = load_data("imagenet", out, resolution=8, **opts)  # picking 2 of 2 keeps all
+    assert cached.class_names == direct.class_names
+    assert np.array_equal(cached.train_x, direct.train_x)
+    assert np.array_equal(cached.val_y, direct.val_y)
+
+
+def test_cache_overwrite_rules(tmp_path: Path) -> None:
+    root = make_imagenet(tmp_path / "imagenet", n_classes=2, train_per_class=1, corrupt=False)
+    out = tmp_path / "cache"
+    prepare_imagenet_cache(root, out, resolution=8, workers=1, progress=False)
+    prepare_imagenet_cache(root, out, resolution=4, workers=1, progress=False)  # earlier cache: ok
+    assert load_data("imagenet", out, resolution=4).resolution == 4
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=f"not a cache: {busy}"):
+        prepare_imagenet_cache(root, busy, resolution=8, workers=1, progress=False)
+    assert (busy / "notes.txt").read_text() == "mine"
+    with pytest.raises(UserError, match="already a prepared cache"):
+        prepare_imagenet_cache(out, tmp_path / "again", resolution=8, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["busy", "cache", "imagenet"]
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        ("garbage_manifest", "corrupted cache manifest"),
+        ("foreign_manifest", "corrupted cache manifest"),
+        ("truncated", "truncated or corrupted"),
+        ("missing_file", "cache file missing"),
+        ("wrong_shape", "manifest says"),
+    ],
+)
+def test_cache_corruption_is_a_user_error(tmp_path: Path, damage: str, match: str) -> None:
+    root = make_imagenet(tmp_path / "imagenet", n_classes=2, train_per_class=2, corrupt=False)
+    out = prepare_imagenet_cache(root, tmp_path / "cache", resolution=8, workers=1, progress=False)
+    manifest = out / "manifest.json"
+    if damage == "garbage_manifest":
+        manifest.write_text("{ this is not json")
+    elif damage == "foreign_manifest":
+        manifest.write_text('{"format": "something-else"}')
+    elif damage == "truncated":
+        data = (out / "train_x.npy").read_bytes()
+        (out / "train_x.npy").write_bytes(data[: len(data) // 2])
+    elif damage == "missing_file":
+        (out / "val_y.npy").unlink()
+    elif damage == "wrong_shape":
+        np.save(out / "val_y.npy", np.zeros(3, np.int64))
+    with pytest.raises(UserError, match=match) as err:
+        load_data("imagenet", out, resolution=8)
+    assert str(out) in str(err.value)
+
+
+def test_cache_checksum_verification(tmp_path: Path) -> None:
+    root = make_imagenet(tmp_path / "imagenet", n_classes=1, train_per_class=2, corrupt=False)
+    out = prepare_imagenet_cache(root, tmp_path / "cache", resolution=8, workers=1, progress=False)
+    x = np.load(out / "train_x.npy")
+    x[0, 0, 0, 0] ^= 0xFF
+    np.save(out / "train_x.npy", x)  # same shape, different bytes
+    load_cache(out)  # the cheap check cannot see it
+    with pytest.raises(UserError, match="checksum mismatch"):
+        load_cache(out, verify=True)
+
+
+# -------------------------------------------------------------------- downsampled
+
+
+def make_downsampled(root: Path, side: int = 8) -> Path:
+    root.mkdir(parents=True)
+    np.savez(
+        root / "train_data_batch_1.npz", **downsampled_batch(np.array([1, 2, 3, 4, 1, 2]), side)
+    )
+    np.savez(
+        root / "train_data_batch_2.npz", **downsampled_batch(np.array([3, 4, 1, 2, 3, 4]), side)
+    )
+    np.savez(root / "val_data.npz", **downsampled_batch(np.array([4, 3, 2, 1]), side))
+    return root
+
+
+def test_downsampled_npz(tmp_path: Path) -> None:
+    root = make_downsampled(tmp_path / "imagenet32")
+    data = load_data("imagenet-downsampled", root, resolution=8)
+    assert data.train_x.shape == (12, 8, 8, 3) and data.val_x.shape == (4, 8, 8, 3)
+    assert data.class_names == ["label_1", "label_2", "label_3", "label_4"]
+    assert list(data.val_y) == [3, 2, 1, 0]  # 1-based labels become 0-based
+    assert list(data.train_y) == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3]
+    for x, y in ((data.train_x, data.train_y), (data.val_x, data.val_y)):
+        assert np.all(x[..., 0] == (10 * (y + 1))[:, None, None])  # R plane first: CHW order
+        assert np.all(x[..., 1] == 100) and np.all(x[..., 2] == 250)
+
+    sub = load_data("imagenet-downsampled", root, resolution=16, classes=2, images_per_class=2)
+    assert sub.train_x.shape == (4, 16, 16, 3) and sub.val_x.shape == (2, 16, 16, 3)
+    names = [int(n.split("_")[1]) for n in sub.class_names]
+    assert np.all(sub.train_x[:, 5, 5, 0] == 10 * np.array(names)[sub.train_y])
+    again = load_data("imagenet-downsampled", root, resolution=16, classes=2, images_per_class=2)
+    assert again.class_names == sub.class_names and np.array_equal(again.train_x, sub.train_x)
+
+
+def test_downsampled_errors(tmp_path: Path) -> None:
+    root = make_downsampled(tmp_path / "d")
+    (root / "val_data.npz").unlink()
+    with pytest.raises(UserError, match=f"not an Imagenet32/64 folder.*{root}"):
+        load_data("imagenet-downsampled", root, resolution=8)
+    (root / "val_data.npz").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match=str(root / "val_data.npz")):
+        load_data("imagenet-downsampled", root, resolution=8)
+    np.savez(root / "val_data.npz", data=np.zeros((1, 100), np.uint8), labels=np.array([1]))
+    with pytest.raises(UserError, match="not 3\\*S\\*S"):
+        load_data("imagenet-downsampled", root, resolution=8)
+
+
+# --------------------------------------------------------------------------- cifar
+
+
+def test_cifar10_batches(tmp_path: Path) -> None:
+    make_cifar10(tmp_path / "cifar-10-batches-py", per_class_per_batch=2)
+    data = load_data("cifar10", tmp_path, resolution=32)  # the parent folder is accepted too
+    assert data.train_x.shape == (100, 32, 32, 3) and data.val_x.shape == (20, 32, 32, 3)
+    assert data.class_names == [f"name{c}" for c in range(10)]
+    assert np.all(data.train_x[:, :, :, 0] == data.train_y[:, None, None])
+    assert np.all(data.train_x[..., 2] == 255)
+    assert data.description.startswith("CIFAR-10 32px")
+
+    capped = load_data(
+        "cifar10", tmp_path / "cifar-10-batches-py", resolution=16, images_per_class=3
+    )
+    assert capped.train_x.shape == (30, 16, 16, 3) and list(np.bincount(capped.train_y)) == [3] * 10
+    assert capped.val_x.shape == (20, 16, 16, 3)
+    assert np.all(capped.train_x[..., 0] == capped.train_y[:, None, None])  # solid stays solid
+    ids = {
+        seed: tuple(
+            load_data("cifar10", tmp_path, resolution=8, images_per_class=3, seed=seed).train_x[
+                :, 0, 0, 1
+            ]
+        )
+        for seed in (0, 0, 1, 2)
+    }
+    assert len(set(ids.values())) > 1
+
+
+def test_cifar100_class_subset(tmp_path: Path) -> None:
+    folder = make_cifar100(tmp_path / "cifar-100-python")
+    full = load_data("cifar100", folder, resolution=32)
+    assert full.num_classes == 100 and full.train_x.shape == (200, 32, 32, 3)
+    sub = load_data("cifar100", folder, resolution=48, classes=10, seed=7)
+    assert sub.num_classes == 10 and sub.train_x.shape == (20, 48, 48, 3)
+    original = np.array([int(n[1:]) for n in sub.class_names])
+    assert list(original) == sorted(original)
+    assert np.all(sub.train_x[:, 0, 0, 0] == original[sub.train_y])  # labels line up
+    assert np.all(sub.val_x[:, 0, 0, 0] == original[sub.val_y])
+    assert (
+        load_data("cifar100", folder, resolution=32, classes=10, seed=7).class_names
+        == sub.class_names
+    )
+    assert (
+        load_data("cifar100", folder, resolution=32, classes=10, seed=8).class_names
+        != sub.class_names
+    )
+
+
+def test_cifar_errors(tmp_path: Path) -> None:
+    jpegs = make_imagenet(tmp_path / "imagenet", n_classes=1, train_per_class=1, corrupt=False)
+    with pytest.raises(UserError, match=f"not a CIFAR-10 python-pickle folder.*{jpegs}"):
+        load_data("cifar10", jpegs, resolution=32)
+    folder = make_cifar100(tmp_path / "c100")
+    (folder / "test").write_bytes(b"garbage")
+    with pytest.raises(UserError, match=str(folder / "test")):
+        load_data("cifar100", folder, resolution=32)
+    write_pickle(folder / "test", {b"data": np.zeros((1, 3072), np.uint8), b"fine_labels": [100]})
+    with pytest.raises(UserError, match="labels outside"):
+        load_data("cifar100", folder, resolution=32)
+
+
+def test_cifar_pickle_cannot_run_code(tmp_path: Path) -> None:
+    folder = make_cifar10(tmp_path / "c10")
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self) -> tuple:
+            return (Path.touch, (marker,))
+
+    write_pickle(folder / "data_batch_1", {b"data": Evil()})
+    with pytest.raises(UserError, match="refusing to load"):
+        load_data("cifar10", folder, resolution=32)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("source", ["imagenet", "imagenet-downsampled", "cifar10", "cifar100"])
+def test_missing_and_empty_roots(tmp_path: Path, source: str) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(UserError, match=f"does not exist: {missing}"):
+        load_data(source, missing, resolution=8)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match=f"is empty: {empty}"):
+        load_data(source, empty, resolution=8)
+    with pytest.raises(UserError, match="needs a data root"):
+        load_data(source, None, resolution=8)

@@ -128,14 +128,22 @@ def count_madds(
         raise UserError(f"unknown MADD convention {convention!r}; use one of {CONVENTIONS}")
     if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 32:
         raise UserError(f"resolution must be an integer >= 32, got {resolution!r}")
-    is_spec = isinstance(spec_or_model, ArchSpec)
-    model = build_model(spec_or_model) if is_spec else spec_or_model
+    if isinstance(spec_or_model, ArchSpec):
+        with torch.device("meta"):  # weights are irrelevant to a count: skip their init
+            model = build_model(spec_or_model)
+        model = model.to_empty(device="cpu")
+    else:
+        model = spec_or_model
     name = model.spec.name if isinstance(model, CondConvNet) else type(model).__name__
     in_channels = model.spec.in_channels if isinstance(model, CondConvNet) else in_channels
     image = torch.zeros(1, in_channels, resolution, resolution)
 
     was_training = model.training
+    threads = torch.get_num_threads()
     model.eval()
+    # One image at batch 1 is tracing-bound; more threads only fight the training
+    # workers that a search runs beside the count.
+    torch.set_num_threads(1)
     try:
         analysis = _analysis(model, image, convention)
         by_module = analysis.by_module()
@@ -143,6 +151,7 @@ def count_madds(
         total = analysis.total()
         skipped = dict(analysis.unsupported_ops())
     finally:
+        torch.set_num_threads(threads)
         model.train(was_training)
     if convention == "paper" and skipped:
         raise RuntimeError(f"ops not covered by the paper MADD convention: {skipped}")

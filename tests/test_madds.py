@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 from torch import nn
@@ -81,14 +79,6 @@ def test_paper_convention_refuses_to_miss_an_op():
 
     with pytest.raises(RuntimeError, match="aten::cumsum"):
         count_madds(Odd(), resolution=32)
-
-
-def test_counting_is_fast():
-    spec = get_backbone("mnasnet_a1").with_condconv([6, 7], 8)
-    count_madds(spec)  # warm-up
-    start = time.perf_counter()
-    count_madds(spec)
-    assert time.perf_counter() - start < 2.0  # loose on a loaded CI machine; typically ~0.3 s
 
 
 def test_resolution_scales_counts_and_bad_values_are_refused():

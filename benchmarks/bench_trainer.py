@@ -1,0 +1,409 @@
+"""Benchmark: the proxy trainer's training throughput against a plain PyTorch loop.
+
+Run ``python benchmarks/bench_trainer.py`` (``--quick`` for a short run, ``--device``,
+``--proxy``, ``--model``, ``--condconv 6,7``, ``--epochs``, ``--rounds``).  It compares
+``TrainResult.images_per_sec`` of ``train_candidate`` (training steps only; the
+evaluation after each epoch is not counted) with a hand-written loop over
+
+* the same model: ``build_model(proxy.adapt(spec, num_classes))``, same seed, fresh per run;
+* the same in-memory tensors: the trainer's ``DeviceData`` (uint8 NCHW, on the device),
+  built once and shared; the plain loop indexes a batch and normalises it as float;
+* the same batch size, number of steps (``epochs x len(train) // batch``, a fresh
+  ``randperm`` per epoch), device, and optimizer: SGD, Nesterov momentum, the proxy's
+  peak LR held constant, the proxy's weight decay on every parameter (one group);
+* on CUDA the same precision as the trainer: autocast (bf16 where supported, else fp16
+  with a GradScaler) and channels-last model and input.
+
+Two plain loops run: ``plain`` (no augmentation: the reference of the ratio) and
+``plain+aug`` (the trainer's own ``random_crop_flip`` with the proxy's padding/flip).
+Every round runs all variants back to back, rotating their order, after one untimed
+warm-up of each; the ratios use medians over rounds.  A per-step breakdown then times
+what the trainer does around forward+backward+step, piece by piece.  How to read the
+output: README.md next to this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+from ccsearch.arch import build_model, get_backbone  # noqa: E402
+from ccsearch.errors import UserError  # noqa: E402
+from ccsearch.train.augment import random_crop_flip  # noqa: E402
+from ccsearch.train.proxy import ProxyConfig, get_proxy, load_proxy_data  # noqa: E402
+from ccsearch.train.trainer import (  # noqa: E402
+    DeviceData,
+    _lr_schedule,
+    _optimizer,
+    train_candidate,
+)
+
+TARGET = 0.9  # trainer / plain throughput the trainer should reach
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def load_avg() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    except (AttributeError, OSError):
+        return "unknown"
+
+
+def busy_cores(seconds: float = 0.5) -> int:
+    """Cores kept busy by other processes over ``seconds`` (Linux /proc/stat; 0 if unknown)."""
+    def snapshot() -> tuple[int, int] | None:
+        try:
+            fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        except OSError:
+            return None
+        values = [int(v) for v in fields]
+        return sum(values), values[3] + values[4]  # total, idle + iowait
+    first = snapshot()
+    time.sleep(seconds)
+    second = snapshot()
+    if first is None or second is None or second[0] == first[0]:
+        return 0
+    busy = 1 - (second[1] - first[1]) / (second[0] - first[0])
+    return round(busy * (os.cpu_count() or 1))
+
+
+def capped(data: DeviceData, batch_size: int, steps: int | None) -> DeviceData:
+    """``data`` with at most ``steps`` full batches of training images (views, no copy)."""
+    if steps is None or steps * batch_size >= len(data.train_y):
+        return data
+    n = steps * batch_size
+    return replace(data, train_x=data.train_x[:n], train_y=data.train_y[:n])
+
+
+def amp_setup(device: torch.device):
+    """What the trainer uses: autocast bf16 (fp16 + GradScaler without bf16) on CUDA."""
+    cuda = device.type == "cuda"
+    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+    autocast = torch.autocast("cuda", dtype=amp_dtype) if cuda else nullcontext()
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda and amp_dtype == torch.float16)
+    return autocast, scaler
+
+
+def plain_loop(
+    spec, proxy: ProxyConfig, data: DeviceData, device: torch.device, seed: int, augment: bool
+) -> tuple[float, float]:
+    """A hand-written training loop; returns (images/s, loss of the last step)."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model = build_model(proxy.adapt(spec, data.num_classes)).to(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    autocast, scaler = amp_setup(device)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=proxy.lr,
+        momentum=proxy.momentum,
+        nesterov=True,
+        weight_decay=proxy.weight_decay,
+    )
+    n = len(data.train_y)
+    batch_size = min(proxy.batch_size, n)
+    steps = n // batch_size
+    model.train()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(proxy.epochs):
+        order = torch.randperm(n, generator=generator).to(device)
+        for step in range(steps):
+            index = order[step * batch_size : (step + 1) * batch_size]
+            images = data.train_x[index]
+            if augment:
+                images = random_crop_flip(images, proxy.crop_padding, proxy.flip, generator)
+            images = (images.float() - data.mean) / data.std
+            if cuda:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                loss = F.cross_entropy(
+                    model(images), data.train_y[index], label_smoothing=proxy.label_smoothing
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+    sync(device)
+    seconds = time.perf_counter() - start
+    return proxy.epochs * steps * batch_size / seconds, float(loss.detach())
+
+
+# ---- per-step breakdown ----------------------------------------------------------------
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Median wall time of ``fn()`` in ms (synchronised on CUDA)."""
+    samples = []
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        samples.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(samples)
+
+
+def breakdown(
+    spec, proxy: ProxyConfig, data: DeviceData, device: torch.device, repeats: int
+) -> None:
+    """What one trainer step costs, piece by piece, each timed on its own."""
+    cuda = device.type == "cuda"
+    n = len(data.train_y)
+    batch_size = min(proxy.batch_size, n)
+    steps = n // batch_size
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(n, generator=generator).to(device)
+    index = order[:batch_size]
+    raw = data.train_x[index]
+    crop = random_crop_flip(raw, proxy.crop_padding, proxy.flip, generator)
+    layout = (
+        "channels-last"
+        if crop.is_contiguous(memory_format=torch.channels_last) and not crop.is_contiguous()
+        else "contiguous"
+    )
+    torch.manual_seed(0)
+    model = build_model(proxy.adapt(spec, data.num_classes)).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    autocast, scaler = amp_setup(device)
+    trainer_opt = _optimizer(model, proxy)  # the trainer's: 2 groups, no decay on 1-D params
+    plain_opt = torch.optim.SGD(
+        model.parameters(),
+        lr=proxy.lr,
+        momentum=proxy.momentum,
+        nesterov=True,
+        weight_decay=proxy.weight_decay,
+    )
+    schedule = _lr_schedule(proxy, steps)
+    loss_sum = torch.zeros((), device=device)
+    labels = data.train_y[index]
+
+    def normalise(images: torch.Tensor) -> torch.Tensor:
+        images = data.normalise(images)
+        return images.contiguous(memory_format=torch.channels_last) if cuda else images
+
+    x_plain = normalise(raw)
+    x_crop = normalise(crop)
+
+    def forward_backward(x: torch.Tensor) -> torch.Tensor:
+        with autocast:
+            loss = F.cross_entropy(model(x), labels, label_smoothing=proxy.label_smoothing)
+        scaler.scale(loss).backward()
+        return loss
+
+    def set_lr() -> None:
+        for group in trainer_opt.param_groups:
+            group["lr"] = proxy.lr * schedule(3)
+
+    def accumulate() -> None:
+        nonlocal loss_sum
+        loss_sum += loss.detach().float()
+
+    loss = forward_backward(x_plain)
+    pieces: dict[str, tuple[str, Callable[[], object], str]] = {
+        "perm": ("randperm + .to(device) (once per epoch)",
+                 lambda: torch.randperm(n, generator=generator).to(device), "both"),
+        "index": ("index the batch (images + labels)",
+                  lambda: (data.train_x[index], data.train_y[index]), "both"),
+        "crop": (f"random_crop_flip (pad {proxy.crop_padding}, flip {proxy.flip})",
+                 lambda: random_crop_flip(raw, proxy.crop_padding, proxy.flip, generator),
+                 "trainer"),
+        "norm": ("normalise, contiguous uint8 in", lambda: normalise(raw), "plain"),
+        "norm_crop": (f"normalise, cropped uint8 in ({layout})", lambda: normalise(crop),
+                      "trainer"),
+        "lr": ("set the LR of every param group", set_lr, "trainer"),
+        "acc": ("loss_sum += loss.detach().float()", accumulate, "trainer"),
+        "opt": ("zero_grad + optimizer step, trainer's (2 groups)",
+                lambda: (trainer_opt.zero_grad(set_to_none=False), scaler.step(trainer_opt),
+                         scaler.update()), "trainer"),
+        "opt_plain": ("zero_grad + optimizer step, plain (1 group)",
+                      lambda: (plain_opt.zero_grad(set_to_none=False), plain_opt.step()),
+                      "plain"),
+        # forward+backward, gradients accumulating in place (no step: weights stay put)
+        "fb": ("forward+backward, contiguous input", lambda: forward_backward(x_plain),
+               "plain"),
+        "fb_crop": (f"forward+backward, cropped input ({layout})",
+                    lambda: forward_backward(x_crop), "trainer"),
+    }
+    fb_repeats = max(3, repeats // 5)
+    print(f"\nper-step breakdown (ms, median of {repeats} calls, forward+backward of "
+          f"{fb_repeats}; batch {batch_size}, {steps} steps/epoch)")
+    print(f"   {'piece':<50} {'ms':>9}  in")
+    ms = {}
+    for key, (label, fn, where) in pieces.items():
+        fn()  # warm
+        ms[key] = time_ms(fn, device, fb_repeats if key.startswith("fb") else repeats)
+        print(f"   {label:<50} {ms[key]:9.3f}  {where}")
+    plain_step = ms["perm"] / steps + ms["index"] + ms["norm"] + ms["opt_plain"] + ms["fb"]
+    deltas = {
+        "augmentation (crop + normalising its output - normalise)": ms["crop"]
+        + ms["norm_crop"] - ms["norm"],
+        "input layout in forward+backward": ms["fb_crop"] - ms["fb"],
+        "LR setting + loss accumulation": ms["lr"] + ms["acc"],
+        "optimizer (2 groups vs 1)": ms["opt"] - ms["opt_plain"],
+    }
+    print(f"   plain step ~{plain_step:.2f} ms; what the trainer adds per step:")
+    for label, delta in deltas.items():
+        print(f"      {label:<58} {delta:+8.2f} ms ({100 * delta / plain_step:+5.1f}%)")
+    total = sum(deltas.values())
+    print(f"      {'total':<58} {total:+8.2f} ms ({100 * total / plain_step:+5.1f}%)"
+          f" -> expected trainer/plain ~{plain_step / (plain_step + total):.2f}")
+
+
+# ---- main ------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    ap.add_argument("--device", choices=("cpu", "cuda"), default=default_device,
+                    help="default: %(default)s")
+    ap.add_argument("--proxy", default="smoke", help="preset or YAML file (default smoke)")
+    ap.add_argument("--data", default=None, help="as the CLI's --data (default: the proxy's)")
+    ap.add_argument("--model", default="mnasnet_a1", help="backbone (default mnasnet_a1)")
+    ap.add_argument("--condconv", default="",
+                    help="block groups (1..N) that get CondConv, e.g. 6,7 (default none)")
+    ap.add_argument("--experts", type=int, default=8, help="experts with --condconv (8)")
+    ap.add_argument("--epochs", type=int, default=1, help="epochs per run (default 1)")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds (default 3, quick 2)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="cap on steps per epoch (default: the whole training split; quick 8)")
+    ap.add_argument("--no-breakdown", action="store_true", help="skip the per-step breakdown")
+    ap.add_argument("--quick", action="store_true", help="2 rounds of 8 steps (< 1 min)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads (default: torch's, one per core)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            ap.error("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: CUDA is not available")
+    rounds = args.rounds or (2 if args.quick else 3)
+    steps_cap = args.steps or (8 if args.quick else None)
+    if rounds < 1 or args.epochs < 1 or (steps_cap is not None and steps_cap < 1):
+        ap.error("--rounds, --epochs and --steps must be >= 1")
+    device = torch.device(args.device)
+    try:
+        proxy = get_proxy(args.proxy, epochs=args.epochs)
+        spec = get_backbone(args.model)
+        if args.condconv:
+            groups = [int(g) for g in args.condconv.split(",") if g.strip()]
+            spec = spec.with_condconv(groups, args.experts)
+        proxy_data = load_proxy_data(proxy, args.data, seed=args.seed)
+    except (UserError, ValueError) as err:
+        ap.error(str(err))
+
+    t0 = time.perf_counter()
+    full = DeviceData.from_proxy_data(proxy_data, device, proxy.max_val_images)
+    batch_size = min(proxy.batch_size, len(full.train_y))
+    data = capped(full, batch_size, steps_cap)
+    steps = len(data.train_y) // batch_size
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    autocast, _ = amp_setup(device)
+    precision = f"autocast {autocast.fast_dtype}" if device.type == "cuda" else "float32"
+    print("proxy trainer benchmark: train_candidate vs a plain PyTorch loop")
+    print(f"device  {device.type} ({dev_name or platform.machine()}), {precision}")
+    print(f"torch   {torch.__version__}  python {platform.python_version()}")
+    print(f"threads torch.get_num_threads()={torch.get_num_threads()} "
+          f"interop={torch.get_num_interop_threads()} os.cpu_count()={os.cpu_count()}")
+    env = [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ]
+    print(f"env     {' '.join(env) or 'OMP_NUM_THREADS, MKL_NUM_THREADS unset'}")
+    cc = f", CondConv in groups {spec.condconv_groups()} x{args.experts}" if args.condconv else ""
+    print(f"model   {spec.name}{cc}; proxy {proxy.name} (width {proxy.width}, depth "
+          f"{proxy.depth}, {proxy.resolution}px)")
+    print(f"data    {data.description}: {len(full.train_y)} train / {len(full.val_y)} val")
+    print(f"run     {proxy.epochs} epoch(s) x {steps} steps x batch {batch_size} = "
+          f"{proxy.epochs * steps * batch_size} images per run; {rounds} rounds; SGD nesterov "
+          f"lr {proxy.lr} momentum {proxy.momentum}")
+    print(f"augment trainer: random_crop_flip(pad {proxy.crop_padding}, flip {proxy.flip}); "
+          "plain: none; plain+aug: the same random_crop_flip")
+    print(f"load    {load_avg()} at start")
+    busy = busy_cores()
+    if busy and device.type == "cpu" and torch.get_num_threads() > 1:
+        print(f"WARNING {busy} core(s) busy with other processes: with "
+              f"{torch.get_num_threads()} OpenMP threads every parallel region waits for a "
+              "descheduled sibling; steps can run 10-40x slower. Trust only rounds run in "
+              "the same conditions, or use --threads 1.")
+
+    runs: dict[str, Callable[[int], tuple[float, str]]] = {}
+
+    def run_trainer(seed: int, d: DeviceData = data) -> tuple[float, str]:
+        r = train_candidate(spec, proxy, d, device, seed=seed)
+        if r.status != "ok":
+            raise SystemExit(f"trainer run {r.status}: {r.reason}")
+        evals = r.wall_time - proxy.epochs * steps * batch_size / r.images_per_sec
+        return r.images_per_sec, (f"loss {r.losses[-1]:.3f}, top1 {r.top1:.1f}%, wall "
+                                  f"{r.wall_time:.1f} s (build+eval {evals:.1f} s)")
+
+    def run_plain(seed: int, augment: bool, d: DeviceData = data) -> tuple[float, str]:
+        ips, last = plain_loop(spec, proxy, d, device, seed, augment)
+        return ips, f"last-step loss {last:.3f}"
+
+    runs["trainer"] = run_trainer
+    runs["plain"] = lambda seed: run_plain(seed, False)
+    runs["plain+aug"] = lambda seed: run_plain(seed, True)
+    names = list(runs)
+
+    # Untimed warm-up (lazy init, allocator, oneDNN / cuDNN primitives) on 2 steps.
+    warm = capped(full, batch_size, 2)
+    run_trainer(args.seed, warm)
+    run_plain(args.seed, False, warm)
+    run_plain(args.seed, True, warm)
+
+    print(f"\n   {'round':<6} {'variant':<10} {'images/s':>9}  notes")
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for rnd in range(rounds):
+        shift = rnd % len(names)
+        for name in names[shift:] + names[:shift]:
+            ips, note = runs[name](args.seed + rnd)
+            samples[name].append(ips)
+            print(f"   {rnd + 1:<6} {name:<10} {ips:9.1f}  {note}")
+        ratio = samples["trainer"][-1] / samples["plain"][-1]
+        print(f"   {rnd + 1:<6} {'ratio':<10} {ratio:9.3f}  trainer/plain this round")
+
+    med = {name: statistics.median(v) for name, v in samples.items()}
+    paired = statistics.median(t / p for t, p in zip(samples["trainer"], samples["plain"],
+                                                     strict=True))
+    best = {name: max(v) for name, v in samples.items()}
+    print("\nmedians (images/s): " + ", ".join(f"{n} {med[n]:.1f}" for n in names))
+    print("best    (images/s): " + ", ".join(f"{n} {best[n]:.1f}" for n in names)
+          + f"  (trainer/plain {best['trainer'] / best['plain']:.3f})")
+    ratio = med["trainer"] / med["plain"]
+    verdict = "meets" if ratio >= TARGET else "BELOW"
+    print(f"trainer/plain     {ratio:.3f}  (median of per-round ratios {paired:.3f}; "
+          f"target >= {TARGET}: {verdict})")
+    print(f"trainer/plain+aug {med['trainer'] / med['plain+aug']:.3f}  (same augmentation)")
+    print(f"plain+aug/plain   {med['plain+aug'] / med['plain']:.3f}  (what the augmentation "
+          "costs a plain loop)")
+
+    if not args.no_breakdown:
+        breakdown(spec, proxy, full, device, repeats=10 if args.quick else 30)
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s; load {load_avg()} at the end")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

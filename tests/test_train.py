@@ -1,0 +1,160 @@
+"""Proxy presets, on-device augmentation and the candidate trainer, on real (small) data."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from _formats import make_imagenet
+
+from ccsearch.arch import get_backbone
+from ccsearch.cli import main
+from ccsearch.data import load_data
+from ccsearch.errors import UserError
+from ccsearch.train import PRESETS, get_proxy, load_proxy_data, train_candidate
+from ccsearch.train.augment import random_crop_flip
+from ccsearch.train.trainer import _lr_schedule
+
+TINY = get_backbone("mobilenet_v1", 0.25)  # a fast model for behaviour tests
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits", resolution=32)
+
+
+def test_random_crop_matches_explicit_per_example_crop():
+    torch.manual_seed(0)
+    images = torch.randint(0, 255, (6, 3, 8, 8), dtype=torch.uint8)
+    out = random_crop_flip(images, padding=2, flip=False, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    dy = torch.randint(0, 5, (6,), generator=g)
+    dx = torch.randint(0, 5, (6,), generator=g)
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    for b in range(6):
+        expected = padded[b, :, dy[b] : dy[b] + 8, dx[b] : dx[b] + 8]
+        assert torch.equal(out[b], expected)
+
+
+def test_random_flip_flips_about_half_and_keeps_the_rest():
+    images = torch.arange(64 * 3 * 4 * 4, dtype=torch.float32).view(64, 3, 4, 4)
+    out = random_crop_flip(images, padding=0, flip=True, generator=torch.Generator().manual_seed(0))
+    flipped = [bool(torch.equal(o, i.flip(2))) for o, i in zip(out, images, strict=True)]
+    kept = [bool(torch.equal(o, i)) for o, i in zip(out, images, strict=True)]
+    assert all(f != k for f, k in zip(flipped, kept, strict=True))
+    assert 16 < sum(flipped) < 48
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    proxy = get_proxy("smoke", epochs=4, warmup_epochs=1)
+    factor = _lr_schedule(proxy, steps_per_epoch=10)
+    warm = [factor(s) for s in range(10)]
+    assert warm == sorted(warm) and warm[0] < 0.2 and factor(10) == pytest.approx(1.0)
+    decay = [factor(s) for s in range(10, 40)]
+    assert decay == sorted(decay, reverse=True) and decay[-1] < 0.01
+
+
+def test_presets_and_overrides():
+    assert {"smoke", "imagenet100-64px"} <= set(PRESETS)
+    assert PRESETS["imagenet100-64px"].classes == 100 and PRESETS["imagenet100-64px"].resolution == 64
+    assert get_proxy("smoke", epochs=2).epochs == 2
+    with pytest.raises(UserError, match="unknown proxy preset 'fast'"):
+        get_proxy("fast")
+    with pytest.raises(UserError, match="optimizer"):
+        get_proxy("smoke", optimizer="adam")
+
+
+def test_proxy_yaml_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("data: digits\nresolution: 24\nepochs: 1\noptimizer: rmsprop\n")
+    proxy = get_proxy(str(path))
+    assert (proxy.name, proxy.resolution, proxy.optimizer) == ("mine", 24, "rmsprop")
+    path.write_text("resolution: 24\nepoch: 1\n")
+    with pytest.raises(UserError, match=r"unknown proxy field\(s\) \['epoch'\]"):
+        get_proxy(str(path))
+
+
+def test_adapt_changes_only_classes_width_and_depth():
+    spec = get_backbone("mnasnet_a1").with_condconv([6, 7], 8)
+    adapted = get_proxy("smoke", width=0.5, depth=0.5).adapt(spec, num_classes=10)
+    assert adapted.num_classes == 10
+    assert [g.channels for g in adapted.groups] == [8, 16, 24, 40, 56, 80, 160]
+    assert [g.repeats for g in adapted.groups] == [1, 1, 2, 2, 1, 2, 1]
+    assert adapted.condconv_groups() == [6, 7]
+
+
+def test_smoke_proxy_learns_mnasnet_with_condconv(digits):
+    """The acceptance run: MnasNet-A1 + CondConv(6,7, 8 experts) on the smoke proxy > 50%."""
+    spec = get_backbone("mnasnet_a1").with_condconv([6, 7], 8)
+    seen = []
+    result = train_candidate(spec, get_proxy("smoke"), digits, on_epoch=lambda e, a: seen.append((e, a)) or False)
+    assert result.status == "ok", result.reason
+    assert result.top1 > 50
+    assert [e for e, _ in seen] == [1, 2, 3, 4]
+    assert result.curve == [a for _, a in seen]
+    assert result.smoke_test and "not ImageNet" in result.data
+    assert result.images_per_sec > 0 and result.wall_time > 0
+    assert all(math.isfinite(loss) for loss in result.losses)
+
+
+def test_same_seed_same_curve_and_pruning_stops_early(digits):
+    proxy = get_proxy("smoke", epochs=2)
+    a = train_candidate(TINY, proxy, digits, seed=1)
+    b = train_candidate(TINY, proxy, digits, seed=1)
+    assert a.curve == b.curve and a.losses == b.losses
+    pruned = train_candidate(TINY, proxy, digits, seed=1, on_epoch=lambda e, acc: True)
+    assert pruned.status == "pruned" and pruned.epochs == 1 and len(pruned.curve) == 1
+
+
+def test_divergence_is_a_result_not_a_crash(digits):
+    result = train_candidate(TINY, get_proxy("smoke", epochs=2, lr=1e12, warmup_epochs=0), digits)
+    assert result.status == "diverged"
+    assert "non-finite" in result.reason
+
+
+def test_prepare_data_cache_feeds_the_trainer(tmp_path, capsys):
+    root = make_imagenet(tmp_path / "imagenet", n_classes=3, train_per_class=8, val_per_class=4)
+    code = main(["prepare-data", "imagenet", "--root", str(root), "--resolution", "16", "-o", str(tmp_path / "cache"), "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0 and "1 unreadable images skipped" in out
+    proxy = get_proxy("smoke", data="imagenet", resolution=16, epochs=1, batch_size=8)
+    data = load_proxy_data(proxy, str(tmp_path / "cache"))
+    assert data.source == "imagenet" and data.num_classes == 3 and len(data.train_y) == 24
+    result = train_candidate(TINY, proxy, data)
+    assert result.status == "ok" and not result.smoke_test and len(result.curve) == 1
+
+
+def test_cli_train_json_on_the_embedded_default(capsys):
+    code = main(["train", "mobilenet_v1", "--width", "0.25", "--epochs", "1", "--json"])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["status"] == "ok" and data["smoke_test"] is True
+    assert data["proxy_config"]["name"] == "smoke" and data["convention"] == "paper"
+    assert len(data["curve"]) == 1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "mnasnet_a1", "--proxy", "fast"], "unknown proxy preset 'fast'"),
+        (["train", "mnasnet_a1", "--proxy", "imagenet100-64px"], "give its location with --data"),
+        (["train", "mnasnet_a1", "--data", "/no/such/dir"], "neither a data source"),
+        (["train", "mnasnet_a1", "--data", "imagenet=/no/such/dir"], "does not exist"),
+    ],
+)
+def test_train_user_errors(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_empty_and_wrong_format_data_dirs(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "mnasnet_a1", "--data", f"imagenet={tmp_path / 'empty'}"]) == 2
+    assert "empty" in capsys.readouterr().err
+    np.save(tmp_path / "x.npy", np.zeros(3))
+    assert main(["train", "mnasnet_a1", "--data", str(tmp_path)]) == 2
+    assert "cannot tell the data format" in capsys.readouterr().err

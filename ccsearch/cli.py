@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -211,6 +212,72 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- ccsearch run / worker ---------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+    from pathlib import Path
+
+    from ccsearch.results import pareto_front, summary_counts, trials_table
+    from ccsearch.search import controller
+    from ccsearch.search.study import load_study_config
+    from ccsearch.train import get_proxy, load_proxy_data
+
+    base = load_study_config(args.study)
+    config = base.with_overrides(budget=args.budget, trials=args.trials, proxy=args.proxy, seed=args.seed)
+    config = replace(config, name=args.name or config.run_name(base.budget))
+    if args.backend == "ray":
+        raise UserError("--backend ray is not available in this version yet; use --backend optuna")
+    if args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    proxy = get_proxy(config.proxy)
+    data = load_proxy_data(proxy, args.data, seed=config.seed)  # fail before writing anything
+    out = Path(args.out) if args.out else Path("runs") / config.name
+    run = controller.create_or_resume(config, out, args.storage, args.resume)
+    print(f"study {config.name}: {config.search_space} under {format_madds(config.budget)} MADDs "
+          f"({config.convention} convention, 224px), {config.trials} candidates, {config.sampler} sampler, "
+          f"{config.pruner} pruning")
+    print(f"proxy {proxy.name} on {data.description}")
+    print(f"storage {run.storage_url}")
+    if args.workers == 1:
+        controller.optimize(run, data=args.data, device=args.device, progress=not args.quiet,
+                            proxy_data=data)
+    else:
+        controller.spawn_workers(run, args.workers, data=args.data, device=args.device,
+                                 progress=not args.quiet)
+    results = controller.write_results(run)
+    table = trials_table(run.study)
+    front = pareto_front(table)
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(summary_counts(table).items()))
+    print(f"\n{len(table)} trials: {counts}")
+    if front.empty:
+        print("no trained candidate within the budget yet: nothing on the Pareto front")
+    else:
+        print(f"Pareto front (top-1 on {proxy.name} proxy vs MADDs, {config.convention} convention):")
+        shown = front.assign(
+            top1=front["top1"].map("{:.1f}%".format),
+            madds=front["madds"].map(format_madds),
+            params=front["params"].map(lambda p: f"{p / 1e6:.2f}M"),
+        )[["trial", "top1", "madds", "params", "condconv", "experts", "routing"]]
+        print(shown.to_string(index=False))
+    if data.is_smoke_test:
+        print("note: accuracies are on the digits smoke-test proxy, not ImageNet")
+    print(f"\nresults:   {results}")
+    print(f"dashboard: ccsearch dashboard {out}")
+    print(f"export:    ccsearch export {out} --trial best -o best_model/")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from ccsearch.search import controller
+
+    run = controller.join_study(args.storage, args.study)
+    controller.optimize(run, data=args.data, device=args.device, progress=not args.quiet,
+                        worker_label=f"worker {os.getpid()} ")
+    return 0
+
+
 # ---- entry point -------------------------------------------------------------------------
 
 
@@ -278,6 +345,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_prepare_data)
+
+    p = sub.add_parser("run", help="search CondConv architectures under a MADD budget")
+    p.add_argument("--budget", help="MADD budget at 224px: 325M, 0.6G, 4.1e9 (default: the study's)")
+    p.add_argument("--study", default="mnasnet_a1_325m", help="shipped study name or .yaml file (default mnasnet_a1_325m)")
+    p.add_argument("--trials", type=int, help="candidates to train (default: the study's)")
+    p.add_argument("--proxy", help="proxy preset or .yaml file (default: the study's)")
+    p.add_argument("--data", help="data source, PATH or SOURCE=PATH (default: the proxy's; digits = embedded)")
+    p.add_argument("--backend", choices=["optuna", "ray"], default="optuna", help="trial runner (default optuna)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    p.add_argument("--storage", help="Optuna storage URL (default sqlite in the run folder; postgresql://... for many machines)")
+    p.add_argument("--out", help="run folder (default runs/<study>)")
+    p.add_argument("--name", help="study name in the storage (default: the study's, or <space>_<budget>)")
+    p.add_argument("--resume", action="store_true", help="continue a stopped study")
+    p.add_argument("--seed", type=int, help="sampler and training seed (default: the study's)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("worker", help="join an existing study from another process or machine")
+    p.add_argument("--storage", required=True, help="the study's storage URL")
+    p.add_argument("--study", required=True, help="the study's name in the storage")
+    p.add_argument("--data", help="data source, PATH or SOURCE=PATH (default: the proxy's)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("backbones", help="list the shipped backbones and their block groups")
     p.add_argument("--json", action="store_true", help="print one JSON object")

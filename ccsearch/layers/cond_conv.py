@@ -58,6 +58,10 @@ class Routing(nn.Module):
         self.activation = activation
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(in_channels, num_experts)
+        if activation == "relu":
+            # A ReLU router whose outputs all start negative zeroes the kernel for every
+            # example and the block never trains; start every expert switched on.
+            nn.init.constant_(self.fc.bias, 1.0)
         self.last_weights: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

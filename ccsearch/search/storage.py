@@ -1,0 +1,66 @@
+"""Opening Optuna storages the way a search needs them.
+
+- a SQLite file (default, ``runs/<study>/study.db``): safe for one writer and a few local
+  workers (a long busy timeout turns "database is locked" into waiting);
+- ``journal:PATH``: Optuna's journal file backend, for many local worker processes;
+- ``postgresql://...``: for workers on many machines.
+
+RDB storages get heartbeats: a trial whose worker died (no heartbeat for ``GRACE``
+seconds) is marked failed and its architecture retried (Optuna's
+``RetryHeartbeatStaleTrialCallback``).  A trial that *raised* is ccsearch's to classify and
+is recorded with its reason instead.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+from ccsearch.errors import UserError
+
+# Heartbeats and the retry callback are marked experimental in Optuna; we rely on them.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+HEARTBEAT = 10  # seconds between a running trial's heartbeats
+GRACE = 60  # seconds without a heartbeat before a trial counts as dead
+RETRIES = 2  # times a dead trial's architecture is retried
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    if url.startswith("journal:"):
+        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    if not url.startswith(("sqlite:", "postgresql", "mysql")):
+        raise UserError(
+            f"storage {url!r} not understood: use sqlite:///PATH, postgresql://... or journal:PATH"
+        )
+    engine_kwargs = (
+        {"connect_args": {"timeout": 120}} if url.startswith("sqlite:") else {"pool_pre_ping": True}
+    )
+    try:
+        return RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=HEARTBEAT,
+            grace_period=GRACE,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=RETRIES),
+        )
+    except Exception as err:  # driver missing, server down, bad credentials
+        raise UserError(f"cannot open storage {url!r}: {str(err).splitlines()[0]}") from None
+
+
+def fail_interrupted_trials(study: optuna.Study) -> list[int]:
+    """Mark every RUNNING trial failed and retry its architecture (for ``run --resume``,
+    whose process owns the study: its trials left running were interrupted)."""
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=RETRIES)
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(trial._trial_id, "status", "interrupted")
+        study._storage.set_trial_user_attr(trial._trial_id, "reason", "its process was stopped")
+        if study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL):
+            retry(study, study._storage.get_trial(trial._trial_id))
+            failed.append(trial.number)
+    return failed

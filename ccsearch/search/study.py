@@ -1,0 +1,105 @@
+"""Study configuration (``studies/*.yaml``): a search space bound to a budget and a method."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from ccsearch.config import load_yaml_mapping, resolve_config
+from ccsearch.errors import UserError
+from ccsearch.madds import CONVENTIONS, format_madds, parse_madds
+from ccsearch.search.space import SearchSpace, load_search_space
+
+SAMPLERS = ("nsga2", "tpe", "random", "grid")
+PRUNERS = ("median", "successive_halving", "none")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str
+    search_space: str
+    budget: int  # MADDs at 224px; candidates above it are never trained
+    proxy: str = "smoke"
+    sampler: str = "nsga2"  # two objectives (top-1 up, MADDs down), budget as a constraint
+    pruner: str = "median"  # on the per-epoch accuracy curves (see ccsearch/search/pruning.py)
+    trials: int = 12  # candidates to train (infeasible and duplicate ones are not counted)
+    seed: int = 0
+    convention: str = "paper"
+    population_size: int = 8  # NSGA-II generation size; small because proxy runs are costly
+    startup_trials: int = 4  # random trials before TPE models / pruning kicks in
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        where = f"study {self.name!r}"
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"{where}: sampler {self.sampler!r} is not one of {SAMPLERS}")
+        if self.pruner not in PRUNERS:
+            raise UserError(f"{where}: pruner {self.pruner!r} is not one of {PRUNERS}")
+        if self.convention not in CONVENTIONS:
+            raise UserError(f"{where}: convention {self.convention!r} is not one of {CONVENTIONS}")
+        for key in ("trials", "population_size", "startup_trials"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"{where}: {key} must be a positive integer, got {value!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise UserError(f"{where}: seed must be an integer >= 0, got {self.seed!r}")
+
+    def space(self) -> SearchSpace:
+        return load_search_space(self.search_space)
+
+    def with_overrides(self, **overrides: Any) -> StudyConfig:
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if "budget" in overrides:
+            overrides["budget"] = parse_madds(overrides["budget"])
+        return replace(self, **overrides) if overrides else self
+
+    def run_name(self, default_budget: int) -> str:
+        """The run folder's name: the study's, or ``<space>_<budget>`` for another budget."""
+        if self.budget == default_budget:
+            return self.name
+        return (
+            f"{Path(self.search_space).stem}_{format_madds(self.budget).lower().replace('.', 'p')}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def make_sampler(self, space: SearchSpace) -> optuna.samplers.BaseSampler:
+        if self.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(
+                population_size=self.population_size, seed=self.seed
+            )
+        if self.sampler == "tpe":
+            return optuna.samplers.TPESampler(
+                n_startup_trials=self.startup_trials,
+                seed=self.seed,
+                                multivariate=True,
+            )
+        if self.sampler == "grid":
+            return optuna.samplers.GridSampler(space.grid() or {"_": [0]}, seed=self.seed)
+        return optuna.samplers.RandomSampler(seed=self.seed)
+
+
+def load_study_config(name_or_path: str | Path) -> StudyConfig:
+    path = resolve_config("studies", name_or_path)
+    data = load_yaml_mapping(path)
+    data.setdefault("name", path.stem)
+    known = set(StudyConfig.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(f"{path}: unknown field(s) {unknown}; known: {sorted(known)}")
+    for key in ("search_space", "budget"):
+        if key not in data:
+            raise UserError(f"{path}: the field {key!r} is required")
+    try:
+        data["budget"] = parse_madds(data["budget"])
+        config = StudyConfig(**data)
+        config.space()  # validate the space it names now, with the study's path in the error
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
+    except TypeError as err:
+        raise UserError(f"{path}: {err}") from None
+    return config

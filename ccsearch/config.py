@@ -15,6 +15,7 @@ from ccsearch.errors import UserError
 
 _PACKAGE = Path(__file__).resolve().parent
 KINDS = ("search_spaces", "studies", "dashboards")
+_SINGULAR = {"search_spaces": "search space", "studies": "study", "dashboards": "dashboard"}
 
 
 def config_dir(kind: str) -> Path:
@@ -36,12 +37,12 @@ def resolve_config(kind: str, name_or_path: str | Path) -> Path:
     if text.endswith((".yaml", ".yml")) or "/" in text:
         path = Path(text).expanduser()
         if not path.is_file():
-            raise UserError(f"{kind[:-1].replace('_', ' ')} file not found: {path}")
+            raise UserError(f"{_SINGULAR[kind]} file not found: {path}")
         return path
     path = config_dir(kind) / f"{text}.yaml"
     if not path.is_file():
         raise UserError(
-            f"unknown {kind[:-1].replace('_', ' ')} {text!r}; shipped: {', '.join(shipped(kind))}"
+            f"unknown {_SINGULAR[kind]} {text!r}; shipped: {', '.join(shipped(kind))}"
         )
     return path
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ccsearch.layers import ROUTING_ACTIVATIONS, CondConv2d, Routing
+from ccsearch.layers import ROUTING_ACTIVATIONS, CondConv2d, Conv2d, Routing
 
 # (in, out, kernel, stride, padding, dilation, groups, bias, impl)
 SHAPES = [
@@ -195,3 +195,15 @@ def test_bad_arguments_are_rejected():
         CondConv2d(6, 8, 3, impl="fast")
     with pytest.raises(ValueError, match="routing activation"):
         CondConv2d(6, 8, 3, routing="gelu")
+
+
+@pytest.mark.parametrize("size, kernel, stride", [(1, 3, 1), (1, 5, 2), (2, 5, 1), (2, 5, 2), (2, 3, 2), (3, 7, 1)])
+def test_tiny_map_kernel_crop_is_exact(size, kernel, stride):
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, size, size)
+    static = Conv2d(6, 6, kernel, stride, kernel // 2, groups=6)
+    expected = F.conv2d(x, static.weight, static.bias, stride, kernel // 2, 1, 6)
+    torch.testing.assert_close(static(x), expected)
+    layer = CondConv2d(6, 6, kernel, stride, kernel // 2, groups=6, num_experts=3)
+    out = layer(x)
+    torch.testing.assert_close(out, _per_example_reference(layer, x, layer.routing.last_weights), atol=1e-5, rtol=1e-5)

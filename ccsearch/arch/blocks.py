@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ccsearch.layers import CondConv2d, Routing
+from ccsearch.layers import CondConv2d, Conv2d, Routing
 
 _ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "swish": nn.SiLU}
 
@@ -49,7 +49,7 @@ class ConvBN(nn.Module):
                 routing=None,
             )
         else:
-            self.conv = nn.Conv2d(in_ch, out_ch, kernel, stride, padding, groups=groups, bias=False)
+            self.conv = Conv2d(in_ch, out_ch, kernel, stride, padding, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(out_ch)
         self.act = make_activation(act) if act else nn.Identity()
 

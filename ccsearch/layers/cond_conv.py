@@ -37,6 +37,46 @@ def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(value)  # type: ignore[return-value]
 
 
+def tiny_map_crop(
+    kernel: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int], size: tuple[int, int]
+) -> tuple[int, int] | None:
+    """Taps to crop from each side when a map is smaller than its padded kernel reach.
+
+    On an ``H``-pixel map a kernel tap further than ``H - 1`` from the centre only ever
+    meets zero padding, so a "same" kxk convolution on a 1x1 or 2x2 map equals a
+    smaller one (exactly, any stride).  oneDNN is very slow on such tiny padded
+    depthwise convolutions, which is where low-resolution proxies spend their time.
+    Returns ``None`` when nothing can be cropped (always the case at 224px).
+    """
+    if dilation != (1, 1) or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return None
+    crop = tuple(
+        max(0, p - (n - 1)) if k == 2 * p + 1 else 0 for k, p, n in zip(kernel, padding, size, strict=True)
+    )
+    return crop if any(crop) else None  # type: ignore[return-value]
+
+
+def conv2d_tiny_aware(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding, dilation, groups
+) -> torch.Tensor:
+    """``F.conv2d`` that first drops kernel taps which can only meet padding."""
+    crop = tiny_map_crop(weight.shape[-2:], padding, dilation, x.shape[-2:])
+    if crop is not None:
+        ch, cw = crop
+        weight = weight[..., ch : weight.shape[-2] - ch, cw : weight.shape[-1] - cw]
+        padding = (padding[0] - ch, padding[1] - cw)
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (zero padding) with the tiny-map kernel crop of :func:`tiny_map_crop`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv2d_tiny_aware(
+            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
+
+
 class Routing(nn.Module):
     """``r(x) = act(Linear(Dropout(GAP(x))))``: one weight per expert and example.
 
@@ -175,7 +215,7 @@ class CondConv2d(nn.Module):
         kernels = kernels.view(
             b * self.out_channels, *self.weight_shape[1:]
         )  # [B*out, in/g, kh, kw]
-        out = F.conv2d(
+        out = conv2d_tiny_aware(
             x.reshape(1, b * c, h, w),  # the batch folded into channels
             kernels,
             bias.reshape(-1) if bias is not None else None,
@@ -202,7 +242,7 @@ class CondConv2d(nn.Module):
         # Group-major stacking so a grouped conv sees each group's E*out/g kernels together.
         weight = self.weight.view(e, g, out_g, *self.weight_shape[1:]).transpose(0, 1)
         weight = weight.reshape(g * e * out_g, *self.weight_shape[1:])  # [g*E*out/g, in/g, kh, kw]
-        y = F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, g)
+        y = conv2d_tiny_aware(x, weight, None, self.stride, self.padding, self.dilation, g)
         y = y.view(b, g, e, out_g, y.shape[-2], y.shape[-1])  # [B, g, E, out/g, H', W']
         out = torch.einsum("be,bgeohw->bgohw", routing_weights, y)
         out = out.reshape(b, self.out_channels, y.shape[-2], y.shape[-1])

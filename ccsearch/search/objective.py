@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,7 +60,10 @@ class Objective:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         # Feasible when <= 0; NSGA-II and TPE rank infeasible candidates below feasible ones.
-        trial.set_constraint("madds_over_budget", report.madds - self.config.budget)
+        # A retried trial inherits the same value from its failed twin: no warning for that.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The constraint value is ignored")
+            trial.set_constraint("madds_over_budget", report.madds - self.config.budget)
 
         if report.madds > self.config.budget:  # never trained: costs milliseconds
             return self._finish(

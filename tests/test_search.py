@@ -1,0 +1,190 @@
+"""The search controller end to end with real Optuna storage, real trainers, real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from ccsearch.cli import main
+from ccsearch.errors import UserError
+from ccsearch.search import load_search_space, load_study_config
+from ccsearch.search.objective import EVALUATED
+
+BUDGET = 42_000_000  # MobileNetV1 0.25x is 41.0M; 32 experts in layer 12 or 13 go over it
+RECORD_FIELDS = (
+    "spec", "digest", "madds", "params", "group_madds", "convention", "budget", "status",
+    "top1", "curve", "losses", "train_time", "wall_time", "device", "proxy", "data", "seed",
+)
+
+
+@pytest.fixture
+def study_files(tmp_path):
+    """A small, fast study: one of layers 11-13 of MobileNetV1 0.25x gets 2, 4 or 32 experts."""
+    (tmp_path / "space.yaml").write_text(
+        "backbone: mobilenet_v1\nwidth: [0.25]\ngroups: [11, 12, 13]\nplacement: one\n"
+        "allow_static: true\nshared: true\nexperts: [2, 4, 32]\nrouting: [sigmoid, softmax]\n"
+    )
+    (tmp_path / "proxy.yaml").write_text(
+        "data: digits\nresolution: 32\nepochs: 2\nbatch_size: 64\nlr: 0.1\ncrop_padding: 1\nflip: false\n"
+    )
+    (tmp_path / "study.yaml").write_text(
+        f"name: tiny\nsearch_space: {tmp_path / 'space.yaml'}\nbudget: 42M\n"
+        f"proxy: {tmp_path / 'proxy.yaml'}\nsampler: random\npruner: none\ntrials: 3\nseed: 1\n"
+    )
+    return tmp_path
+
+
+def load(out: Path, name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
+
+
+def assert_study_sound(study: optuna.Study, trained: int) -> None:
+    trials = study.get_trials(deepcopy=False)
+    assert not [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    evaluated = [t for t in trials if t.user_attrs.get("status") in EVALUATED]
+    assert len(evaluated) == trained
+    digests = [t.user_attrs["digest"] for t in evaluated]
+    assert len(set(digests)) == len(digests), "no architecture trained twice"
+    for t in trials:
+        if t.user_attrs.get("madds", 0) > BUDGET:
+            assert t.user_attrs["status"] == "infeasible" and "curve" not in t.user_attrs
+    for t in evaluated:
+        missing = [f for f in RECORD_FIELDS if f not in t.user_attrs]
+        assert not missing, f"trial {t.number} lacks {missing}"
+        assert t.user_attrs["madds"] <= BUDGET
+
+
+def test_space_sampling_builds_the_chosen_specs():
+    space = load_search_space("mobilenet_v1_placement")
+    study = optuna.create_study(sampler=optuna.samplers.GridSampler(space.grid()))
+    seen = set()
+
+    def objective(trial):
+        spec = space.sample(trial, suggest_all=True)
+        seen.add(tuple(spec.condconv_groups()))
+        assert all(spec.groups[g - 1].experts == 32 for g in spec.condconv_groups())
+        assert spec.groups[0].channels == 16  # width 0.25
+        return 0.0
+
+    study.optimize(objective)  # the grid sampler stops after its 14 points
+    assert seen == {(), *[(g,) for g in range(1, 14)]}
+
+
+def test_shipped_studies_reproduce_the_papers_experiments():
+    for name in ("mnasnet_a1_325m", "mobilenet_v1_routing", "mobilenet_v1_placement",
+                 "mobilenet_v1_se_vs_condconv", "resnet50_experts_grid"):
+        config = load_study_config(name)
+        assert config.space().backbone in ("mnasnet_a1", "mobilenet_v1", "resnet50")
+    assert load_study_config("mnasnet_a1_325m").budget == 325_000_000
+    assert load_search_space("mobilenet_v1_routing").grid() == {"routing": ["relu", "tanh", "sigmoid", "softmax"]}
+    assert set(load_search_space("mobilenet_v1_se_vs_condconv").grid()) == {"se", "condconv"}
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("backbone: mnasnet_a9\n", "unknown backbone 'mnasnet_a9'"),
+        ("backbone: mnasnet_a1\ngroups: [8]\n", "groups [8] do not exist"),
+        ("backbone: mnasnet_a1\nexperts: [0, 4]\n", "experts must be a list of integers >= 1"),
+        ("backbone: mnasnet_a1\nrouting: [gelu]\n", "routing must be a list"),
+        ("backbone: mnasnet_a1\nplacment: one\n", "unknown field(s) ['placment']"),
+        ("groups: all\n", "the field 'backbone' is required"),
+        ("backbone: [oops\n", "invalid YAML"),
+    ],
+)
+def test_bad_search_space_names_the_field(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match="bad.yaml") as err:
+        load_search_space(path)
+    assert message in str(err.value)
+
+
+def test_run_optuna_backend_records_everything(study_files, capsys):
+    out = study_files / "run"
+    code = main(["run", "--study", str(study_files / "study.yaml"), "--out", str(out), "--quiet"])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "Pareto front" in text and "smoke-test proxy, not ImageNet" in text
+    assert {p.name for p in out.iterdir()} >= {"study.db", "study.yaml", "results.csv"}
+    study = load(out)
+    assert_study_sound(study, trained=3)
+    table = pd.read_csv(out / "results.csv")
+    assert (table["madds"][table["status"] == "ok"] <= BUDGET).all()
+    spec = study.best_trials[0].user_attrs["spec"] if study.best_trials else None
+    assert spec is None or json.dumps(spec)
+
+
+def test_run_user_errors_leave_nothing_behind(study_files, capsys):
+    out = study_files / "never"
+    assert main(["run", "--budget", "lots", "--out", str(out)]) == 2
+    assert "cannot read MADD count 'lots'" in capsys.readouterr().err
+    assert main(["run", "--study", str(study_files / "study.yaml"), "--data", "/no/such", "--out", str(out)]) == 2
+    assert "--data '/no/such'" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["run", "--study", "nope", "--out", str(out)]) == 2
+    assert "unknown study 'nope'" in capsys.readouterr().err
+    assert main(["run", "--study", str(study_files / "study.yaml"), "--resume", "--out", str(out)]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ccsearch.cli", *args]
+
+
+def test_resume_after_sigkill_finishes_without_retraining(study_files, capsys):
+    out = study_files / "run"
+    argv = ["run", "--study", str(study_files / "study.yaml"), "--out", str(out), "--quiet", "--trials", "4"]
+    proc = subprocess.Popen(_cli(*argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:  # kill it in the middle of training a candidate
+            time.sleep(0.3)
+            if (out / "study.db").exists():
+                try:
+                    study = load(out)
+                except KeyError:  # the file exists before the study row does
+                    continue
+                if any(t.state == optuna.trial.TrialState.RUNNING and t.user_attrs.get("stage") == "training"
+                       and len([u for u in study.trials if u.user_attrs.get("status") in EVALUATED]) >= 1
+                       for t in study.trials):
+                    break
+        else:
+            pytest.fail("the run never reached a second training trial")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    interrupted = [t.number for t in load(out).trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert interrupted
+    assert main([*argv, "--resume"]) == 0
+    assert "were interrupted" in capsys.readouterr().out
+    study = load(out)
+    assert_study_sound(study, trained=4)
+    for number in interrupted:
+        assert study.trials[number].user_attrs["status"] == "interrupted"
+    retries = [t for t in study.trials if "failed_trial" in t.system_attrs]
+    assert retries, "the interrupted architecture was retried"
+
+
+def test_two_local_workers_share_one_sqlite_study(study_files):
+    out = study_files / "run"
+    result = subprocess.run(
+        _cli("run", "--study", str(study_files / "study.yaml"), "--out", str(out), "--quiet", "--workers", "2", "--trials", "4"),
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    study = load(out)
+    assert_study_sound(study, trained=4)
+    workers = {t.user_attrs["worker"] for t in study.trials if "worker" in t.user_attrs}
+    assert len(workers) == 2, "both worker processes evaluated trials"

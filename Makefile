@@ -20,8 +20,9 @@ $(VENV)/.installed-dev: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@ $(VENV)/.installed
 
+# The headline search on the embedded digits proxy; a second `make demo` resumes it.
 demo: $(VENV)/.installed
-	$(BIN)/ccsearch madds mnasnet_a1 --condconv 6,7 --experts 8
+	$(BIN)/ccsearch run --budget 325M $$([ -f runs/mnasnet_a1_325m/study.db ] && echo --resume)
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check ccsearch tests benchmarks

@@ -57,3 +57,11 @@ def load_yaml_mapping(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of fields at the top level")
     return data
+
+
+def check_fields(path: Path, data: dict[str, Any], known: set[str], what: str = "") -> None:
+    """One clear error naming fields a config file has but its dataclass does not."""
+    unknown = sorted(set(data) - known)
+    if unknown:
+        label = f"unknown {what} field(s)" if what else "unknown field(s)"
+        raise UserError(f"{path}: {label} {unknown}; known: {sorted(known)}")

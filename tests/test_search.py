@@ -188,3 +188,19 @@ def test_two_local_workers_share_one_sqlite_study(study_files):
     assert_study_sound(study, trained=4)
     workers = {t.user_attrs["worker"] for t in study.trials if "worker" in t.user_attrs}
     assert len(workers) == 2, "both worker processes evaluated trials"
+
+
+def test_yaml_folders_ship_inside_the_wheel(tmp_path):
+    """After a plain pip install the shipped spaces and studies must still be found."""
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(root), "-w", str(tmp_path)],
+        check=True, capture_output=True, cwd=tmp_path,
+    )
+    import zipfile
+
+    (wheel,) = tmp_path.glob("ccsearch-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for kind in ("search_spaces", "studies"):
+        shipped = {p.name for p in (root / kind).glob("*.yaml")}
+        assert shipped and {f"ccsearch/_configs/{kind}/{n}" for n in shipped} <= names

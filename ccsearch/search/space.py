@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 
 from ccsearch.arch import ArchSpec, get_backbone
-from ccsearch.config import load_yaml_mapping, resolve_config
+from ccsearch.config import check_fields, load_yaml_mapping, resolve_config
 from ccsearch.errors import UserError
 from ccsearch.layers import ROUTING_ACTIVATIONS
 
@@ -179,9 +179,7 @@ def load_search_space(name_or_path: str | Path) -> SearchSpace:
     data = load_yaml_mapping(path)
     data.setdefault("name", path.stem)
     known = set(SearchSpace.__dataclass_fields__) - {"source"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise UserError(f"{path}: unknown field(s) {unknown}; known: {sorted(known)}")
+    check_fields(path, data, known)
     if "backbone" not in data:
         raise UserError(f"{path}: the field 'backbone' is required")
     for key in ("groups", "experts", "routing", "se", "width"):

@@ -8,7 +8,7 @@ from typing import Any
 
 import optuna
 
-from ccsearch.config import load_yaml_mapping, resolve_config
+from ccsearch.config import check_fields, load_yaml_mapping, resolve_config
 from ccsearch.errors import UserError
 from ccsearch.madds import CONVENTIONS, format_madds, parse_madds
 from ccsearch.search.space import SearchSpace, load_search_space
@@ -88,9 +88,7 @@ def load_study_config(name_or_path: str | Path) -> StudyConfig:
     data = load_yaml_mapping(path)
     data.setdefault("name", path.stem)
     known = set(StudyConfig.__dataclass_fields__)
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise UserError(f"{path}: unknown field(s) {unknown}; known: {sorted(known)}")
+    check_fields(path, data, known)
     for key in ("search_space", "budget"):
         if key not in data:
             raise UserError(f"{path}: the field {key!r} is required")

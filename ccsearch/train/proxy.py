@@ -13,9 +13,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ccsearch.arch import ArchSpec
+from ccsearch.config import check_fields, load_yaml_mapping
 from ccsearch.data import DEFAULT_SOURCE, ProxyData, load_data, parse_data_arg
 from ccsearch.errors import UserError
 
@@ -37,6 +36,7 @@ class ProxyConfig:
     weight_decay: float = 5e-5  # not applied to batch norm and biases
     warmup_epochs: float = 0.5  # linear warm-up keeps early BN statistics sane
     label_smoothing: float = 0.1
+    grad_clip: float | None = 5.0  # max gradient norm: unbounded routers (relu) can blow up
     crop_padding: int = 4  # random crop with this much zero padding
     flip: bool = True  # random horizontal flip
     width: float = 1.0  # proxy-only width multiplier of the candidate
@@ -157,20 +157,15 @@ def get_proxy(name_or_path: str | ProxyConfig, **overrides: Any) -> ProxyConfig:
 
 
 def _load_yaml(path: Path) -> ProxyConfig:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise UserError(f"cannot read proxy file {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: invalid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: a proxy file must be a mapping of ProxyConfig fields")
-    known = {f.name for f in fields(ProxyConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise UserError(f"{path}: unknown proxy field(s) {unknown}; known: {sorted(known)}")
+    if not path.is_file():
+        raise UserError(f"proxy file not found: {path}")
+    data = load_yaml_mapping(path)
+    check_fields(path, data, {f.name for f in fields(ProxyConfig)}, "proxy")
     data.setdefault("name", path.stem)
-    return ProxyConfig(**data)
+    try:
+        return ProxyConfig(**data)
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
 
 
 def load_proxy_data(proxy: ProxyConfig, data: str | None = None, seed: int = 0) -> ProxyData:

@@ -188,6 +188,9 @@ def _train(
                 )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if proxy.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), proxy.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             loss_sum += loss.detach().float()

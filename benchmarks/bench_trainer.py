@@ -14,8 +14,10 @@ evaluation after each epoch is not counted) with a hand-written loop over
 * on CUDA the same precision as the trainer: autocast (bf16 where supported, else fp16
   with a GradScaler) and channels-last model and input.
 
-Two plain loops run: ``plain`` (no augmentation: the reference of the ratio) and
-``plain+aug`` (the trainer's own ``random_crop_flip`` with the proxy's padding/flip).
+Plain loops: ``plain`` (no augmentation: the reference of the ratio), ``plain+aug`` (the
+trainer's own ``random_crop_flip`` with the proxy's padding/flip) and, on CPU,
+``plain-cl`` (no augmentation, model and input channels-last: the crop's output is
+channels-last, so on CPU the trainer's model runs channels-last too).
 Every round runs all variants back to back, rotating their order, after one untimed
 warm-up of each; the ratios use medians over rounds.  A per-step breakdown then times
 what the trainer does around forward+backward+step, piece by piece.  How to read the
@@ -66,8 +68,8 @@ def load_avg() -> str:
         return "unknown"
 
 
-def busy_cores(seconds: float = 0.5) -> int:
-    """Cores kept busy by other processes over ``seconds`` (Linux /proc/stat; 0 if unknown)."""
+def busy_cores(seconds: float = 0.5) -> float:
+    """Cores kept busy by other processes while this one sleeps (Linux /proc/stat; else 0)."""
     def snapshot() -> tuple[int, int] | None:
         try:
             fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
@@ -79,9 +81,9 @@ def busy_cores(seconds: float = 0.5) -> int:
     time.sleep(seconds)
     second = snapshot()
     if first is None or second is None or second[0] == first[0]:
-        return 0
+        return 0.0
     busy = 1 - (second[1] - first[1]) / (second[0] - first[0])
-    return round(busy * (os.cpu_count() or 1))
+    return busy * (os.cpu_count() or 1)
 
 
 def capped(data: DeviceData, batch_size: int, steps: int | None) -> DeviceData:
@@ -102,14 +104,25 @@ def amp_setup(device: torch.device):
 
 
 def plain_loop(
-    spec, proxy: ProxyConfig, data: DeviceData, device: torch.device, seed: int, augment: bool
+    spec,
+    proxy: ProxyConfig,
+    data: DeviceData,
+    device: torch.device,
+    seed: int,
+    augment: bool,
+    channels_last: bool | None = None,
 ) -> tuple[float, float]:
-    """A hand-written training loop; returns (images/s, loss of the last step)."""
+    """A hand-written training loop; returns (images/s, loss of the last step).
+
+    ``channels_last`` (default: on CUDA, as the trainer) converts model and input batches.
+    """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = build_model(proxy.adapt(spec, data.num_classes)).to(device)
     cuda = device.type == "cuda"
-    if cuda:
+    if channels_last is None:
+        channels_last = cuda
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     autocast, scaler = amp_setup(device)
     optimizer = torch.optim.SGD(
@@ -133,7 +146,7 @@ def plain_loop(
             if augment:
                 images = random_crop_flip(images, proxy.crop_padding, proxy.flip, generator)
             images = (images.float() - data.mean) / data.std
-            if cuda:
+            if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast:
                 loss = F.cross_entropy(
@@ -212,6 +225,13 @@ def breakdown(
         scaler.scale(loss).backward()
         return loss
 
+    def train_step(x: torch.Tensor) -> None:
+        """A whole plain step on ``x``: zero_grad (to None), forward, backward, SGD step."""
+        plain_opt.zero_grad(set_to_none=True)
+        forward_backward(x)
+        scaler.step(plain_opt)
+        scaler.update()
+
     def set_lr() -> None:
         for group in trainer_opt.param_groups:
             group["lr"] = proxy.lr * schedule(3)
@@ -240,26 +260,36 @@ def breakdown(
         "opt_plain": ("zero_grad + optimizer step, plain (1 group)",
                       lambda: (plain_opt.zero_grad(set_to_none=False), plain_opt.step()),
                       "plain"),
-        # forward+backward, gradients accumulating in place (no step: weights stay put)
-        "fb": ("forward+backward, contiguous input", lambda: forward_backward(x_plain),
-               "plain"),
-        "fb_crop": (f"forward+backward, cropped input ({layout})",
-                    lambda: forward_backward(x_crop), "trainer"),
+    }
+    # whole steps on either input; the two layouts alternate step by step, so load
+    # changes hit both alike
+    passes = {
+        "fb": ("whole step (zero_grad..step), contiguous input", x_plain, "plain"),
+        "fb_crop": (f"whole step, cropped input ({layout})", x_crop, "trainer"),
     }
     fb_repeats = max(3, repeats // 5)
-    print(f"\nper-step breakdown (ms, median of {repeats} calls, forward+backward of "
+    print(f"\nper-step breakdown (ms, median of {repeats} calls, whole steps of "
           f"{fb_repeats}; batch {batch_size}, {steps} steps/epoch)")
     print(f"   {'piece':<50} {'ms':>9}  in")
     ms = {}
     for key, (label, fn, where) in pieces.items():
         fn()  # warm
-        ms[key] = time_ms(fn, device, fb_repeats if key.startswith("fb") else repeats)
+        ms[key] = time_ms(fn, device, repeats)
         print(f"   {label:<50} {ms[key]:9.3f}  {where}")
-    plain_step = ms["perm"] / steps + ms["index"] + ms["norm"] + ms["opt_plain"] + ms["fb"]
+    fb_samples: dict[str, list[float]] = {key: [] for key in passes}
+    for _, x, _ in passes.values():
+        train_step(x)  # warm
+    for _ in range(fb_repeats):
+        for key, (_, x, _) in passes.items():
+            fb_samples[key].append(time_ms(lambda x=x: train_step(x), device, 1))
+    for key, (label, _, where) in passes.items():
+        ms[key] = statistics.median(fb_samples[key])
+        print(f"   {label:<50} {ms[key]:9.3f}  {where}")
+    plain_step = ms["perm"] / steps + ms["index"] + ms["norm"] + ms["fb"]
     deltas = {
         "augmentation (crop + normalising its output - normalise)": ms["crop"]
         + ms["norm_crop"] - ms["norm"],
-        "input layout in forward+backward": ms["fb_crop"] - ms["fb"],
+        "input layout in the step (forward, backward, SGD)": ms["fb_crop"] - ms["fb"],
         "LR setting + loss accumulation": ms["lr"] + ms["acc"],
         "optimizer (2 groups vs 1)": ms["opt"] - ms["opt_plain"],
     }
@@ -339,11 +369,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{proxy.epochs * steps * batch_size} images per run; {rounds} rounds; SGD nesterov "
           f"lr {proxy.lr} momentum {proxy.momentum}")
     print(f"augment trainer: random_crop_flip(pad {proxy.crop_padding}, flip {proxy.flip}); "
-          "plain: none; plain+aug: the same random_crop_flip")
+          "plain: none; plain+aug: the same random_crop_flip"
+          + ("; plain-cl: none, model + input channels-last" if device.type == "cpu" else ""))
     print(f"load    {load_avg()} at start")
     busy = busy_cores()
-    if busy and device.type == "cpu" and torch.get_num_threads() > 1:
-        print(f"WARNING {busy} core(s) busy with other processes: with "
+    print(f"busy    {busy:.1f} core(s) used by other processes (sampled for 0.5 s)")
+    if busy >= 0.3 and device.type == "cpu" and torch.get_num_threads() > 1:
+        print(f"WARNING other processes use {busy:.1f} core(s): with "
               f"{torch.get_num_threads()} OpenMP threads every parallel region waits for a "
               "descheduled sibling; steps can run 10-40x slower. Trust only rounds run in "
               "the same conditions, or use --threads 1.")
@@ -358,13 +390,17 @@ def main(argv: list[str] | None = None) -> int:
         return r.images_per_sec, (f"loss {r.losses[-1]:.3f}, top1 {r.top1:.1f}%, wall "
                                   f"{r.wall_time:.1f} s (build+eval {evals:.1f} s)")
 
-    def run_plain(seed: int, augment: bool, d: DeviceData = data) -> tuple[float, str]:
-        ips, last = plain_loop(spec, proxy, d, device, seed, augment)
+    def run_plain(
+        seed: int, augment: bool, d: DeviceData = data, channels_last: bool | None = None
+    ) -> tuple[float, str]:
+        ips, last = plain_loop(spec, proxy, d, device, seed, augment, channels_last)
         return ips, f"last-step loss {last:.3f}"
 
     runs["trainer"] = run_trainer
     runs["plain"] = lambda seed: run_plain(seed, False)
     runs["plain+aug"] = lambda seed: run_plain(seed, True)
+    if device.type == "cpu":  # on CUDA plain is channels-last already
+        runs["plain-cl"] = lambda seed: run_plain(seed, False, channels_last=True)
     names = list(runs)
 
     # Untimed warm-up (lazy init, allocator, oneDNN / cuDNN primitives) on 2 steps.
@@ -372,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     run_trainer(args.seed, warm)
     run_plain(args.seed, False, warm)
     run_plain(args.seed, True, warm)
+    if "plain-cl" in runs:
+        run_plain(args.seed, False, warm, channels_last=True)
 
     print(f"\n   {'round':<6} {'variant':<10} {'images/s':>9}  notes")
     samples: dict[str, list[float]] = {name: [] for name in names}
@@ -397,11 +435,15 @@ def main(argv: list[str] | None = None) -> int:
           f"target >= {TARGET}: {verdict})")
     print(f"trainer/plain+aug {med['trainer'] / med['plain+aug']:.3f}  (same augmentation)")
     print(f"plain+aug/plain   {med['plain+aug'] / med['plain']:.3f}  (what the augmentation "
-          "costs a plain loop)")
+          "costs a plain loop, its output layout included)")
+    if "plain-cl" in med:
+        print(f"plain-cl/plain    {med['plain-cl'] / med['plain']:.3f}  (channels-last model "
+              "and input, no augmentation)")
 
     if not args.no_breakdown:
         breakdown(spec, proxy, full, device, repeats=10 if args.quick else 30)
-    print(f"\ntotal {time.perf_counter() - t0:.0f} s; load {load_avg()} at the end")
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s; at the end: load {load_avg()}, "
+          f"{busy_cores():.1f} core(s) used by other processes")
     return 0
 
 

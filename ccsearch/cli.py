@@ -281,11 +281,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 # ---- entry point -------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ccsearch", description="Neural architecture search over CondConv.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    p = sub.add_parser("madds", help="count multiply-adds of a backbone or spec (fvcore)")
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """MODEL and the CondConv options that ``resolve_spec`` applies to it."""
     p.add_argument("model", help=f"backbone ({', '.join(BACKBONES)}) or spec .json file")
     p.add_argument(
         "--condconv", metavar="GROUPS", help="block groups 1..N to make CondConv: 6,7 | 5-7 | all"
@@ -295,6 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--routing", choices=ROUTING_ACTIVATIONS, help="routing activation (default sigmoid)"
     )
     p.add_argument("--width", type=float, default=1.0, help="width multiplier (default 1.0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ccsearch", description="Neural architecture search over CondConv.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("madds", help="count multiply-adds of a backbone or spec (fvcore)")
+    _add_model_arguments(p)
     p.add_argument("--resolution", type=int, default=224, help="input size in pixels (default 224)")
     p.add_argument(
         "--convention", choices=CONVENTIONS, default="paper", help="what counts (default paper)"
@@ -303,17 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_madds)
 
     p = sub.add_parser("train", help="train one candidate on a proxy task and print its accuracy")
-    p.add_argument("model", help=f"backbone ({', '.join(BACKBONES)}) or spec .json file")
-    p.add_argument(
-        "--condconv", metavar="GROUPS", help="block groups 1..N to make CondConv: 6,7 | 5-7 | all"
-    )
-    p.add_argument("--experts", type=int, help="experts per CondConv layer (default 8)")
-    p.add_argument(
-        "--routing", choices=ROUTING_ACTIVATIONS, help="routing activation (default sigmoid)"
-    )
-    p.add_argument(
-        "--width", type=float, default=1.0, help="width multiplier of the candidate (default 1.0)"
-    )
+    _add_model_arguments(p)
     p.add_argument("--proxy", default="smoke", help="proxy preset or .yaml file (default smoke)")
     p.add_argument(
         "--data", help="data source, PATH (format detected) or SOURCE=PATH; default: the proxy's"

@@ -149,13 +149,13 @@ def optimize(
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         trials = study.get_trials(deepcopy=False)
-        trained = sum(t.user_attrs.get("status") in EVALUATED for t in trials)
         _update_bar(bar, trials)
-        if trained >= config.trials or len(trials) >= MAX_TRIALS_FACTOR * config.trials:
+        if _trained(trials) >= config.trials or len(trials) >= MAX_TRIALS_FACTOR * config.trials:
             study.stop()
 
-    _update_bar(bar, run.study.get_trials(deepcopy=False))
-    if _trained(run.study) < config.trials:
+    trials = run.study.get_trials(deepcopy=False)
+    _update_bar(bar, trials)
+    if _trained(trials) < config.trials:
         run.study.optimize(
             objective, callbacks=[after_trial], catch=(TrialFailed,), gc_after_trial=True
         )
@@ -215,8 +215,9 @@ def write_results(run: SearchRun) -> Path | None:
     return path
 
 
-def _trained(study: optuna.Study) -> int:
-    return sum(t.user_attrs.get("status") in EVALUATED for t in study.get_trials(deepcopy=False))
+def _trained(trials: list[optuna.trial.FrozenTrial]) -> int:
+    """Candidates trained (fully or until pruned): what the study's ``trials`` counts."""
+    return sum(t.user_attrs.get("status") in EVALUATED for t in trials)
 
 
 def _space_dict(space: SearchSpace) -> dict:
@@ -240,11 +241,10 @@ def _progress_bar(run: SearchRun, what: str, progress: bool, label: str):
 def _update_bar(bar, trials: list[optuna.trial.FrozenTrial]) -> None:
     if bar is None:
         return
-    trained = [t for t in trials if t.user_attrs.get("status") in EVALUATED]
     ok = [t.user_attrs["top1"] for t in trials if t.user_attrs.get("status") == "ok"]
     infeasible = sum(t.user_attrs.get("status") == "infeasible" for t in trials)
     pruned = sum(t.user_attrs.get("status") == "pruned" for t in trials)
-    bar.n = min(len(trained), bar.total)
+    bar.n = min(_trained(trials), bar.total)
     bar.set_postfix(
         best=f"{max(ok):.1f}%" if ok else "-", infeasible=infeasible, pruned=pruned, refresh=False
     )

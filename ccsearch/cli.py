@@ -227,10 +227,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     base = load_study_config(args.study)
     config = base.with_overrides(budget=args.budget, trials=args.trials, proxy=args.proxy, seed=args.seed)
     config = replace(config, name=args.name or config.run_name(base.budget))
-    if args.backend == "ray":
-        raise UserError("--backend ray is not available in this version yet; use --backend optuna")
     if args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
+    if args.backend == "ray" and args.workers != 1:
+        raise UserError("--workers is for --backend optuna; Ray runs as many trials at once as "
+                        "--cpus-per-trial / --gpus-per-trial allow")
+    if args.backend == "optuna" and (args.address or args.gpus_per_trial is not None
+                                     or args.cpus_per_trial is not None):
+        raise UserError("--address, --cpus-per-trial and --gpus-per-trial need --backend ray")
+    ray_options = None
+    if args.backend == "ray":
+        from ccsearch.search.ray_backend import RayOptions
+
+        ray_options = RayOptions(address=args.address, cpus_per_trial=args.cpus_per_trial or 1.0,
+                                 gpus_per_trial=args.gpus_per_trial)
     proxy = get_proxy(config.proxy)
     data = load_proxy_data(proxy, args.data, seed=config.seed)  # fail before writing anything
     out = Path(args.out) if args.out else Path("runs") / config.name
@@ -240,7 +250,11 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{config.pruner} pruning")
     print(f"proxy {proxy.name} on {data.description}")
     print(f"storage {run.storage_url}")
-    if args.workers == 1:
+    if ray_options is not None:
+        from ccsearch.search.ray_backend import optimize_with_ray
+
+        optimize_with_ray(run, data, ray_options, device=args.device, progress=not args.quiet)
+    elif args.workers == 1:
         controller.optimize(run, data=args.data, device=args.device, progress=not args.quiet,
                             proxy_data=data)
     else:
@@ -348,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data source, PATH or SOURCE=PATH (default: the proxy's; digits = embedded)")
     p.add_argument("--backend", choices=["optuna", "ray"], default="optuna", help="trial runner (default optuna)")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    p.add_argument("--address", help="--backend ray: join this Ray cluster (auto, or HOST:PORT of `ray start --head`)")
+    p.add_argument("--cpus-per-trial", type=float, help="--backend ray: CPUs per trial (default 1)")
+    p.add_argument("--gpus-per-trial", type=float,
+                   help="--backend ray: GPUs per trial, fractions share a GPU (default 1 if the cluster has GPUs, else 0)")
     p.add_argument("--storage", help="Optuna storage URL (default sqlite in the run folder; postgresql://... for many machines)")
     p.add_argument("--out", help="run folder (default runs/<study>)")
     p.add_argument("--name", help="study name in the storage (default: the study's, or <space>_<budget>)")

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import optuna
@@ -60,9 +60,11 @@ def create_or_resume(
     try:
         storage = open_storage(storage_url)
         if resume:
-            study = optuna.load_study(
-                study_name=config.name, storage=storage, sampler=config.make_sampler(config.space())
-            )
+            study = optuna.load_study(study_name=config.name, storage=storage)
+            study.sampler = config.make_sampler(config.space(), stream=len(study.trials))
+            # The storage's config is what every worker (and Ray trial) reads: it takes
+            # this run's overrides, e.g. a larger --trials.
+            study.set_user_attr("config", config.to_dict())
             failed = fail_interrupted_trials(study)
             if failed:
                 print(
@@ -103,21 +105,20 @@ def create_or_resume(
     return SearchRun(study, config, out, storage_url)
 
 
-def join_study(storage_url: str, study_name: str) -> SearchRun:
+def join_study(storage_url: str, study_name: str, heartbeats: bool = True) -> SearchRun:
     """Open an existing study from its storage alone (what ``ccsearch worker`` does)."""
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url, heartbeats=heartbeats)
     try:
-        summary = optuna.load_study(study_name=study_name, storage=storage)
+        study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         raise UserError(
             f"no study {study_name!r} in {storage_url}; studies there: {names}"
         ) from None
-    config = StudyConfig(**summary.user_attrs["config"])
-    space = SearchSpace(**summary.user_attrs["space"])
-    study = optuna.load_study(
-        study_name=study_name, storage=storage, sampler=config.make_sampler(space)
-    )
+    config = StudyConfig(**study.user_attrs["config"])
+    space = SearchSpace(**study.user_attrs["space"])
+    # Workers joining at once see the same trial count: the process id tells them apart.
+    study.sampler = config.make_sampler(space, stream=len(study.trials) + os.getpid())
     return SearchRun(study, config, None, storage_url)
 
 
@@ -132,35 +133,47 @@ def optimize(
 ) -> None:
     """Evaluate trials in this process until the study has its trained candidates."""
     config = run.config
-    space = SearchSpace(**run.study.user_attrs["space"])
-    proxy = get_proxy(config.proxy)
     if proxy_data is None:
-        proxy_data = load_proxy_data(proxy, data, seed=config.seed)
-    torch_device = resolve_device(device)
-    objective = Objective(
-        config,
-        space,
-        proxy,
-        DeviceData.from_proxy_data(proxy_data, torch_device, proxy.max_val_images),
-        str(torch_device),
-    )
+        proxy_data = load_proxy_data(get_proxy(config.proxy), data, seed=config.seed)
+    objective = make_objective(run, proxy_data, device)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    bar = _progress_bar(run, proxy_data.description, progress, worker_label)
+    bar = progress_bar(run, proxy_data.description, progress, worker_label)
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         trials = study.get_trials(deepcopy=False)
-        _update_bar(bar, trials)
-        if _trained(trials) >= config.trials or len(trials) >= MAX_TRIALS_FACTOR * config.trials:
+        update_bar(bar, trials)
+        if (
+            trial.user_attrs.get("status") == "surplus"
+            or trained_count(trials) >= config.trials
+            or len(trials) >= MAX_TRIALS_FACTOR * config.trials
+        ):
             study.stop()
 
     trials = run.study.get_trials(deepcopy=False)
-    _update_bar(bar, trials)
-    if _trained(trials) < config.trials:
+    update_bar(bar, trials)
+    if trained_count(trials) < config.trials:
         run.study.optimize(
             objective, callbacks=[after_trial], catch=(TrialFailed,), gc_after_trial=True
         )
     if bar is not None:
         bar.close()
+
+
+def make_objective(
+    run: SearchRun, proxy_data: ProxyData, device: str, report=None, pruner: str | None = None
+) -> Objective:
+    """The trial function of either backend, on this process's device."""
+    config = run.config if pruner is None else replace(run.config, pruner=pruner)
+    proxy = get_proxy(config.proxy)
+    torch_device = resolve_device(device)
+    return Objective(
+        config,
+        SearchSpace(**run.study.user_attrs["space"]),
+        proxy,
+        DeviceData.from_proxy_data(proxy_data, torch_device, proxy.max_val_images),
+        str(torch_device),
+        report=report,
+    )
 
 
 def spawn_workers(run: SearchRun, n: int, *, data: str | None, device: str, progress: bool) -> None:
@@ -188,17 +201,17 @@ def spawn_workers(run: SearchRun, n: int, *, data: str | None, device: str, prog
         if data:
             cmd += ["--data", data]
         procs.append(subprocess.Popen(cmd, env=env))
-    bar = _progress_bar(run, f"{n} workers", progress, "")
+    bar = progress_bar(run, f"{n} workers", progress, "")
     try:
         while any(p.poll() is None for p in procs):
             time.sleep(2)
-            _update_bar(bar, run.study.get_trials(deepcopy=False))
+            update_bar(bar, run.study.get_trials(deepcopy=False))
     finally:
         for p in procs:
             if p.poll() is None:
                 p.terminate()
         if bar is not None:
-            _update_bar(bar, run.study.get_trials(deepcopy=False))
+            update_bar(bar, run.study.get_trials(deepcopy=False))
             bar.close()
     bad = [p.returncode for p in procs if p.returncode not in (0, None)]
     if bad:
@@ -215,7 +228,7 @@ def write_results(run: SearchRun) -> Path | None:
     return path
 
 
-def _trained(trials: list[optuna.trial.FrozenTrial]) -> int:
+def trained_count(trials: list[optuna.trial.FrozenTrial]) -> int:
     """Candidates trained (fully or until pruned): what the study's ``trials`` counts."""
     return sum(t.user_attrs.get("status") in EVALUATED for t in trials)
 
@@ -225,7 +238,7 @@ def _space_dict(space: SearchSpace) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
 
 
-def _progress_bar(run: SearchRun, what: str, progress: bool, label: str):
+def progress_bar(run: SearchRun, what: str, progress: bool, label: str):
     if not progress:
         return None
     logging.getLogger("optuna").setLevel(logging.WARNING)
@@ -238,13 +251,13 @@ def _progress_bar(run: SearchRun, what: str, progress: bool, label: str):
     )
 
 
-def _update_bar(bar, trials: list[optuna.trial.FrozenTrial]) -> None:
+def update_bar(bar, trials: list[optuna.trial.FrozenTrial]) -> None:
     if bar is None:
         return
     ok = [t.user_attrs["top1"] for t in trials if t.user_attrs.get("status") == "ok"]
     infeasible = sum(t.user_attrs.get("status") == "infeasible" for t in trials)
     pruned = sum(t.user_attrs.get("status") == "pruned" for t in trials)
-    bar.n = min(_trained(trials), bar.total)
+    bar.n = min(trained_count(trials), bar.total)
     bar.set_postfix(
         best=f"{max(ok):.1f}%" if ok else "-", infeasible=infeasible, pruned=pruned, refresh=False
     )

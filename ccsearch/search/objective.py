@@ -11,6 +11,7 @@ import os
 import socket
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,8 @@ class Objective:
     proxy: ProxyConfig
     data: DeviceData
     device: str
+    # Called with (epoch, top1) after every epoch: how the Ray backend feeds ASHA.
+    report: Callable[[int, float], None] | None = None
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         start = time.perf_counter()
@@ -94,15 +97,26 @@ class Objective:
                 start,
             )
         trial.set_user_attr("stage", "training")  # the claim, recorded before counting claims
-        if self._enough_trained(trial):
-            trial.study.stop()
+        if self._enough_trained(trial):  # the controller stops the loop on a surplus trial
             self._stop(trial, "surplus", "the study already has its trials", start)
         seed = self.config.seed + trial.number
+        # Known before training: kept even if the trial is stopped from outside (Ray's ASHA).
+        before = {
+            "device": self.device,
+            "proxy": self.proxy.name,
+            "data": self.data.description,
+            "smoke_test": self.data.smoke_test,
+            "seed": seed,
+        }
+        for key, value in before.items():
+            trial.set_user_attr(key, value)
         curve: list[float] = []
 
         def on_epoch(epoch: int, top1: float) -> bool:
             curve.append(top1)
             trial.set_user_attr("curve", list(curve))
+            if self.report is not None:
+                self.report(epoch, top1)
             return should_prune(
                 self.config.pruner,
                 trial.study,
@@ -114,18 +128,7 @@ class Objective:
             )
 
         result = train_candidate(spec, self.proxy, self.data, self.device, on_epoch, seed=seed)
-        for key in (
-            "curve",
-            "losses",
-            "epochs",
-            "images_per_sec",
-            "device",
-            "reason",
-            "proxy",
-            "data",
-            "smoke_test",
-            "seed",
-        ):
+        for key in ("curve", "losses", "epochs", "images_per_sec", "device", "reason"):
             trial.set_user_attr(key, getattr(result, key))
         trial.set_user_attr("train_time", result.wall_time)
         trial.set_user_attr("top1", result.top1)

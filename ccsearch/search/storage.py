@@ -30,7 +30,9 @@ GRACE = 60  # seconds without a heartbeat before a trial counts as dead
 RETRIES = 2  # times a dead trial's architecture is retried
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
+def open_storage(url: str, heartbeats: bool = True) -> optuna.storages.BaseStorage:
+    """``heartbeats=False`` for processes that ask/tell outside ``Study.optimize`` (the Ray
+    driver): Optuna's heartbeats only run inside ``optimize``."""
     if url.startswith("journal:"):
         return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
     if not url.startswith(("sqlite:", "postgresql", "mysql")):
@@ -41,13 +43,16 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         {"connect_args": {"timeout": 120}} if url.startswith("sqlite:") else {"pool_pre_ping": True}
     )
     try:
-        return RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=HEARTBEAT,
-            grace_period=GRACE,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=RETRIES),
+        beats = (
+            {
+                "heartbeat_interval": HEARTBEAT,
+                "grace_period": GRACE,
+                "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(RETRIES),
+            }
+            if heartbeats
+            else {}
         )
+        return RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
     except Exception as err:  # driver missing, server down, bad credentials
         raise UserError(f"cannot open storage {url!r}: {str(err).splitlines()[0]}") from None
 

@@ -67,20 +67,19 @@ class StudyConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def make_sampler(self, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    def make_sampler(self, space: SearchSpace, stream: int = 0) -> optuna.samplers.BaseSampler:
+        """``stream`` > 0 for a process that joins a study with trials (resume, worker): a
+        sampler seeded like the first one would replay its draws as duplicates."""
+        seed = (self.seed + 1_000_003 * stream) % 2**32
         if self.sampler == "nsga2":
-            return optuna.samplers.NSGAIISampler(
-                population_size=self.population_size, seed=self.seed
-            )
+            return optuna.samplers.NSGAIISampler(population_size=self.population_size, seed=seed)
         if self.sampler == "tpe":
             return optuna.samplers.TPESampler(
-                n_startup_trials=self.startup_trials,
-                seed=self.seed,
-                                multivariate=True,
+                n_startup_trials=self.startup_trials, seed=seed, multivariate=True
             )
         if self.sampler == "grid":
-            return optuna.samplers.GridSampler(space.grid() or {"_": [0]}, seed=self.seed)
-        return optuna.samplers.RandomSampler(seed=self.seed)
+            return optuna.samplers.GridSampler(space.grid() or {"_": [0]}, seed=seed)
+        return optuna.samplers.RandomSampler(seed=seed)
 
 
 def load_study_config(name_or_path: str | Path) -> StudyConfig:

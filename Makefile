@@ -5,7 +5,10 @@ BIN := $(VENV)/bin
 # The CPU wheel lies on disk; override for GPU machines, e.g. `make demo TORCH_SPEC=torch`.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test bench lint clean
+# apt-get needs root; elsewhere sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test bench lint clean postgres-binaries
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +27,16 @@ $(VENV)/.installed-dev: $(BIN)/python pyproject.toml
 demo: $(VENV)/.installed
 	$(BIN)/ccsearch run --budget 325M $$([ -f runs/mnasnet_a1_325m/study.db ] && echo --resume)
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev postgres-binaries
 	$(BIN)/ruff check ccsearch tests benchmarks
 	$(BIN)/python -m pytest -q tests
+
+# The storage tests start a throwaway PostgreSQL server of their own: they need its binaries.
+postgres-binaries:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
+	  echo "installing the PostgreSQL server (apt-get) for the storage tests"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; }
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench_condconv.py

@@ -221,6 +221,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from ccsearch.results import pareto_front, summary_counts, trials_table
     from ccsearch.search import controller
+    from ccsearch.search.storage import shown_url
     from ccsearch.search.study import load_study_config
     from ccsearch.train import get_proxy, load_proxy_data
 
@@ -249,7 +250,7 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"({config.convention} convention, 224px), {config.trials} candidates, {config.sampler} sampler, "
           f"{config.pruner} pruning")
     print(f"proxy {proxy.name} on {data.description}")
-    print(f"storage {run.storage_url}")
+    print(f"storage {shown_url(run.storage_url)}")
     if ray_options is not None:
         from ccsearch.search.ray_backend import optimize_with_ray
 
@@ -285,6 +286,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from ccsearch.search import controller
 
+    if not args.storage:
+        raise UserError("ccsearch worker needs --storage URL (or CCSEARCH_STORAGE in the environment)")
     run = controller.join_study(args.storage, args.study)
     controller.optimize(run, data=args.data, device=args.device, progress=not args.quiet,
                         worker_label=f"worker {os.getpid()} ")
@@ -376,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("worker", help="join an existing study from another process or machine")
-    p.add_argument("--storage", required=True, help="the study's storage URL")
+    p.add_argument("--storage", default=os.environ.get("CCSEARCH_STORAGE"),
+                   help="the study's storage URL (default: $CCSEARCH_STORAGE, which keeps a password out of the process list)")
     p.add_argument("--study", required=True, help="the study's name in the storage")
     p.add_argument("--data", help="data source, PATH or SOURCE=PATH (default: the proxy's)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")

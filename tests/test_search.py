@@ -13,6 +13,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+from _postgres import postgres_server
 from _study import BUDGET, assert_study_sound, cli_argv, load
 
 from ccsearch.cli import main
@@ -161,3 +162,33 @@ def test_yaml_folders_ship_inside_the_wheel(tmp_path):
     for kind in ("search_spaces", "studies"):
         shipped = {p.name for p in (root / kind).glob("*.yaml")}
         assert shipped and {f"ccsearch/_configs/{kind}/{n}" for n in shipped} <= names
+
+
+def test_two_workers_share_one_postgresql_study(study_files):
+    with postgres_server() as url:
+        out = study_files / "run"
+        result = subprocess.run(
+            cli_argv("run", "--study", str(study_files / "study.yaml"), "--out", str(out), "--quiet",
+                     "--storage", url, "--workers", "2", "--trials", "4"),
+            capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert not (out / "study.db").exists(), "nothing written to SQLite"
+        study = optuna.load_study(study_name="tiny", storage=url)
+        assert_study_sound(study, trained=4)
+        workers = {t.user_attrs["worker"] for t in study.trials if "worker" in t.user_attrs}
+        assert len(workers) == 2, "both worker processes evaluated trials"
+        assert pd.read_csv(out / "results.csv")["trial"].tolist() == [t.number for t in study.trials]
+
+
+def test_storage_passwords_are_never_shown(study_files, capsys):
+    from ccsearch.search.storage import shown_url
+
+    assert shown_url("postgresql://ann:s3cret@db.lab:5432/nas") == "postgresql://ann:***@db.lab:5432/nas"
+    assert shown_url("sqlite:///runs/x/study.db") == "sqlite:///runs/x/study.db"
+    url = "postgresql://ann:s3cret@127.0.0.1:9/nas"  # nothing listens on port 9
+    argv = ["run", "--study", str(study_files / "study.yaml"), "--out", str(study_files / "run"), "--storage", url]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "cannot open storage 'postgresql://ann:***@127.0.0.1:9/nas'" in err and "s3cret" not in err
+    assert not (study_files / "run").exists()

@@ -26,10 +26,11 @@ from ccsearch.errors import UserError
 from ccsearch.results import trials_table
 from ccsearch.search.objective import EVALUATED, Objective, TrialFailed
 from ccsearch.search.space import SearchSpace
-from ccsearch.search.storage import fail_interrupted_trials, open_storage
+from ccsearch.search.storage import fail_interrupted_trials, open_storage, shown_url
 from ccsearch.search.study import StudyConfig
 from ccsearch.train import DeviceData, get_proxy, load_proxy_data, resolve_device
 
+STORAGE_ENV = "CCSEARCH_STORAGE"  # where ``ccsearch worker`` finds the storage URL by default
 MAX_TRIALS_FACTOR = 20  # stop after this many samples per wanted trial (mostly infeasible space)
 
 
@@ -85,7 +86,7 @@ def create_or_resume(
                     {
                         "study": config.to_dict(),
                         "search_space": _space_dict(space),
-                        "storage": storage_url,
+                        "storage": shown_url(storage_url),
                     },
                     sort_keys=False,
                 )
@@ -94,10 +95,12 @@ def create_or_resume(
         if not existed:
             shutil.rmtree(out, ignore_errors=True)
         raise UserError(
-            f"study {config.name!r} already exists in {storage_url}: pass --resume"
+            f"study {config.name!r} already exists in {shown_url(storage_url)}: pass --resume"
         ) from None
     except KeyError:
-        raise UserError(f"no study named {config.name!r} in {storage_url} to resume") from None
+        raise UserError(
+            f"no study named {config.name!r} in {shown_url(storage_url)} to resume"
+        ) from None
     except BaseException:
         if not existed:  # nothing half-written is left behind
             shutil.rmtree(out, ignore_errors=True)
@@ -113,7 +116,7 @@ def join_study(storage_url: str, study_name: str, heartbeats: bool = True) -> Se
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         raise UserError(
-            f"no study {study_name!r} in {storage_url}; studies there: {names}"
+            f"no study {study_name!r} in {shown_url(storage_url)}; studies there: {names}"
         ) from None
     config = StudyConfig(**study.user_attrs["config"])
     space = SearchSpace(**study.user_attrs["space"])
@@ -182,7 +185,8 @@ def spawn_workers(run: SearchRun, n: int, *, data: str | None, device: str, prog
     gpus = torch.cuda.device_count() if device in ("auto", "cuda") else 0
     procs = []
     for i in range(n):
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        # The URL goes by environment, not argv: other users can read a process's argv.
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), STORAGE_ENV: run.storage_url}
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
         cmd = [
@@ -190,8 +194,6 @@ def spawn_workers(run: SearchRun, n: int, *, data: str | None, device: str, prog
             "-m",
             "ccsearch.cli",
             "worker",
-            "--storage",
-            run.storage_url,
             "--study",
             run.config.name,
             "--device",

@@ -39,6 +39,9 @@ def open_storage(url: str, heartbeats: bool = True) -> optuna.storages.BaseStora
         raise UserError(
             f"storage {url!r} not understood: use sqlite:///PATH, postgresql://... or journal:PATH"
         )
+    given = url
+    if url.startswith(("postgresql://", "postgres://")):  # the driver ccsearch installs
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
     engine_kwargs = (
         {"connect_args": {"timeout": 120}} if url.startswith("sqlite:") else {"pool_pre_ping": True}
     )
@@ -54,7 +57,21 @@ def open_storage(url: str, heartbeats: bool = True) -> optuna.storages.BaseStora
         )
         return RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
     except Exception as err:  # driver missing, server down, bad credentials
-        raise UserError(f"cannot open storage {url!r}: {str(err).splitlines()[0]}") from None
+        message = str(err).splitlines()[0].replace(url, shown_url(url))
+        raise UserError(f"cannot open storage {shown_url(given)!r}: {message}") from None
+
+
+def shown_url(url: str) -> str:
+    """The storage URL with its password masked, for printing and for files."""
+    if "://" not in url or "@" not in url:
+        return url
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy understands: mask everything before the host
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
 
 
 def fail_interrupted_trials(study: optuna.Study) -> list[int]:

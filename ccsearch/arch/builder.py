@@ -71,7 +71,11 @@ def init_weights(model: nn.Module) -> None:
 
     Zeroing the last batch norm of every residual branch starts each block as the
     identity, which makes the few epochs of a proxy run converge far more reliably.
+    Skipped on the meta device (MADD counting), where values do not exist and torch's
+    init functions are slow.
     """
+    if any(p.is_meta for p in model.parameters()):
+        return
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")

@@ -7,8 +7,11 @@
    search with the same seeds, on the same proxy (objectives: 100 - top-1 and
    MADDs / budget, reference point (100, 1)).
 
-Run: python benchmarks/bench_search.py [--overhead-trials 30] [--trials 6] [--seeds 1]
-Part 2 trains 2 x seeds x trials candidates (~30 s each on 2 CPU cores): --trials 0 skips it.
+Run: python benchmarks/bench_search.py [--overhead-trials 30] [--trials 6] [--seeds 1] [--epochs E]
+Part 2 trains 2 x seeds x trials candidates (~15 s each on 2 CPU cores with the smoke
+proxy's 4 epochs; --epochs 1 makes them ~4x cheaper): --trials 0 skips it.  NSGA-II's
+first generation (population_size = 8 candidates) is random: only N well above 8 can
+show the sampler's effect.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ import argparse
 import statistics
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import optuna
 import torch
+import yaml
 from optuna._hypervolume import compute_hypervolume
 
 from ccsearch.arch import get_backbone
@@ -59,8 +63,15 @@ def overhead(trials: int, workdir: Path) -> None:
           f"{per_trial / (per_trial + train):.2%} of a trained trial")
 
 
-def hypervolume(trials: int, seeds: int, workdir: Path) -> None:
+def hypervolume(trials: int, seeds: int, epochs: int | None, workdir: Path) -> None:
     base = load_study_config("mnasnet_a1_325m")
+    if epochs is not None:  # a cheaper proxy, so that N can exceed NSGA-II's first generation
+        proxy = workdir / "proxy.yaml"
+        fields = asdict(get_proxy(base.proxy, epochs=epochs))
+        proxy.write_text(yaml.safe_dump({**fields, "name": f"{base.proxy}-{epochs}ep"}))
+        base = replace(base, proxy=str(proxy))
+    print(f"hypervolume: study {base.name}, proxy {get_proxy(base.proxy).name}, "
+          f"NSGA-II population {base.population_size}, {trials} trained candidates per study")
     results: dict[str, list[float]] = {"nsga2": [], "random": []}
     for seed in range(seeds):
         for sampler in results:
@@ -82,12 +93,13 @@ def main() -> None:
     parser.add_argument("--overhead-trials", type=int, default=30)
     parser.add_argument("--trials", type=int, default=6, help="trained candidates per study (0: skip)")
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--epochs", type=int, help="proxy epochs for part 2 (default: the study's)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, optuna {optuna.__version__}, threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
         overhead(args.overhead_trials, Path(tmp))
         if args.trials:
-            hypervolume(args.trials, args.seeds, Path(tmp))
+            hypervolume(args.trials, args.seeds, args.epochs, Path(tmp))
 
 
 if __name__ == "__main__":

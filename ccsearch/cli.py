@@ -220,6 +220,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ccsearch.results import pareto_front, summary_counts, trials_table
+    from ccsearch.run_report import write_best_arch, write_pareto_page
     from ccsearch.search import controller
     from ccsearch.search.storage import shown_url
     from ccsearch.search.study import load_study_config
@@ -279,7 +280,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if data.is_smoke_test:
         print("note: accuracies are on the digits smoke-test proxy, not ImageNet")
     print(f"\nresults:   {results}")
-    # The dashboard and export commands' lines join here when those commands exist.
+    if run.out is not None:
+        page = write_pareto_page(table, front, config.budget, f"{config.name}: proxy top-1 vs MADDs",
+                                 run.out / "pareto.html")
+        print(f"dashboard: {page}")
+        best = write_best_arch(run.study, front, run.out / "best_arch.json")
+        if best is not None:
+            top = front.sort_values(["top1", "madds"], ascending=[False, True]).iloc[0]
+            print(f"best:      {best}  (trial {top['trial']}, {top['top1']:.1f}% at "
+                  f"{format_madds(top['madds'])}; e.g. ccsearch train {best} --proxy {config.proxy})")
     return 0
 
 

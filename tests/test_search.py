@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,8 +15,10 @@ import pytest
 from _postgres import postgres_server
 from _study import BUDGET, assert_study_sound, cli_argv, load
 
+from ccsearch.arch import ArchSpec
 from ccsearch.cli import main
 from ccsearch.errors import UserError
+from ccsearch.madds import count_madds
 from ccsearch.search import load_search_space, load_study_config
 from ccsearch.search.objective import EVALUATED
 
@@ -74,13 +75,28 @@ def test_run_optuna_backend_records_everything(study_files, capsys):
     text = capsys.readouterr().out
     assert code == 0
     assert "Pareto front" in text and "smoke-test proxy, not ImageNet" in text
-    assert {p.name for p in out.iterdir()} >= {"study.db", "study.yaml", "results.csv"}
+    assert {p.name for p in out.iterdir()} >= {"study.db", "study.yaml", "results.csv", "pareto.html"}
     study = load(out)
     assert_study_sound(study, trained=3)
     table = pd.read_csv(out / "results.csv")
     assert (table["madds"][table["status"] == "ok"] <= BUDGET).all()
-    spec = study.best_trials[0].user_attrs["spec"] if study.best_trials else None
-    assert spec is None or json.dumps(spec)
+
+    # The front, checked by brute force against every trained candidate.
+    ok = table[table["status"] == "ok"]
+    front = {
+        int(r.trial) for r in ok.itertuples()
+        if not any((o.top1 >= r.top1 and o.madds < r.madds) or (o.top1 > r.top1 and o.madds <= r.madds)
+                   for o in ok.itertuples())
+    }
+    page = (out / "pareto.html").read_text()
+    assert "plotly" in page and f"Pareto front ({len(set(ok[ok.trial.isin(front)].digest))})" in page
+    assert f"dashboard: {out / 'pareto.html'}" in text
+    if front:  # the most accurate front member, as a spec that counts to its recorded MADDs
+        best = max(front, key=lambda n: (study.trials[n].user_attrs["top1"], -study.trials[n].user_attrs["madds"]))
+        spec = ArchSpec.load(out / "best_arch.json")
+        assert spec.to_dict() == study.trials[best].user_attrs["spec"]
+        assert count_madds(spec).madds == study.trials[best].user_attrs["madds"]
+        assert f"best:      {out / 'best_arch.json'}  (trial {best}," in text
 
 
 def test_run_user_errors_leave_nothing_behind(study_files, capsys):

@@ -238,6 +238,8 @@ def optimize_with_ray(
         fits = int(resources.get("CPU", 1) // options.cpus_per_trial)
         if gpus > 0:
             fits = min(fits, int(resources["GPU"] // gpus))
+        if device.startswith("cuda") and gpus == 0:
+            raise UserError(f"--device {device} needs --gpus-per-trial > 0 (Ray hides GPUs otherwise)")
         trial_device = device if device != "auto" else ("cuda" if gpus > 0 else "cpu")
 
         space = SearchSpace(**run.study.user_attrs["space"])

@@ -72,6 +72,8 @@ class DeviceData:
         pin = device.type == "cuda"
 
         def to_device(array: np.ndarray) -> torch.Tensor:
+            if not array.flags.writeable:  # a cache's read-only memmap: load it into memory
+                array = np.array(array)
             tensor = torch.from_numpy(np.ascontiguousarray(array))
             if tensor.ndim == 4:
                 tensor = tensor.permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW

@@ -412,6 +412,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `ccsearch backbones | head`
         sys.stderr.close()
         return 0
+    except KeyboardInterrupt:  # Ctrl-C: finished trials are in the storage already
+        again = " (continue it with the same command and --resume)" if args.command == "run" else ""
+        print(f"\nccsearch: interrupted{again}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -46,6 +46,13 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         start = time.perf_counter()
+        try:
+            return self._evaluate(trial, start)
+        except KeyboardInterrupt:  # Optuna fails the trial; --resume retries it
+            self._record(trial, "interrupted", "stopped by Ctrl-C", start)
+            raise
+
+    def _evaluate(self, trial: optuna.Trial, start: float) -> tuple[float, float]:
         spec = self.space.sample(trial, suggest_all=self.config.sampler == "grid")
         report = count_madds(spec, convention=self.config.convention)
         digest = spec_digest(spec)

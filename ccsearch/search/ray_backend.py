@@ -160,7 +160,7 @@ def _outcome(
     elif attrs.get("stage") == "training" and curve and "epoch" in result:
         status, reason = "pruned", f"ASHA stopped it after epoch {len(curve)}"
     else:
-        status, reason = "interrupted", "Ray stopped it before it finished"
+        status, reason = "interrupted", "Ray stopped it before it finished"  # --resume retries
     set_attr = functools.partial(study._storage.set_trial_user_attr, trial_id)
     set_attr("status", status)
     set_attr("reason", reason)
@@ -168,7 +168,7 @@ def _outcome(
     if curve:
         set_attr("top1", curve[-1])
         set_attr("train_time", result.get("time_total_s", 0.0))
-    return (states.FAIL if error else states.PRUNED), None
+    return (states.PRUNED if status == "pruned" else states.FAIL), None
 
 
 def ray_trial(

@@ -75,14 +75,26 @@ def shown_url(url: str) -> str:
 
 
 def fail_interrupted_trials(study: optuna.Study) -> list[int]:
-    """Mark every RUNNING trial failed and retry its architecture (for ``run --resume``,
-    whose process owns the study: its trials left running were interrupted)."""
+    """Fail interrupted trials and retry their architectures (for ``run --resume``, whose
+    process owns the study): trials a killed process left RUNNING, and trials recorded as
+    ``interrupted`` (Ctrl-C) that were not retried yet."""
     retry = RetryHeartbeatStaleTrialCallback(max_retry=RETRIES)
+    states = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs.get("failed_trial") for t in trials}
     failed = []
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(trial._trial_id, "status", "interrupted")
-        study._storage.set_trial_user_attr(trial._trial_id, "reason", "its process was stopped")
-        if study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL):
-            retry(study, study._storage.get_trial(trial._trial_id))
-            failed.append(trial.number)
+    for trial in trials:
+        if trial.state == states.RUNNING:
+            study._storage.set_trial_user_attr(trial._trial_id, "status", "interrupted")
+            study._storage.set_trial_user_attr(trial._trial_id, "reason", "its process was killed")
+            if not study._storage.set_trial_state_values(trial._trial_id, states.FAIL):
+                continue
+        elif not (
+            trial.state == states.FAIL
+            and trial.user_attrs.get("status") == "interrupted"
+            and trial.number not in retried
+        ):
+            continue
+        retry(study, study._storage.get_trial(trial._trial_id))
+        failed.append(trial.number)
     return failed

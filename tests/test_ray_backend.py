@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
 import pytest
-from _study import assert_study_sound, load, write_tiny_study
+from _study import assert_study_sound, cli_argv, load, write_tiny_study
 
 from ccsearch.cli import main
 from ccsearch.search.objective import EVALUATED
@@ -70,3 +72,42 @@ def test_ray_options_are_checked(study_files, capsys):
     assert "--cpus-per-trial must be > 0, got -1" in capsys.readouterr().err
     assert main([*argv, "--backend", "ray", "--workers", "2"]) == 2
     assert not (study_files / "run").exists()
+
+
+def test_a_killed_ray_worker_is_retried(tmp_path):
+    """SIGKILL the worker process of a training trial: Ray retries it (FailureConfig) and
+    the study completes, that trial included, with nothing left RUNNING."""
+    files = write_tiny_study(tmp_path)
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        cli_argv("run", "--study", str(files / "study.yaml"), "--out", str(out), "--quiet",
+                 "--backend", "ray", "--trials", "3"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    victim = None
+    deadline = time.time() + 180
+    try:
+        while victim is None and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.3)
+            if not (out / "study.db").exists():
+                continue
+            try:
+                trials = load(out).trials
+            except KeyError:  # the file exists before the study row does
+                continue
+            for t in trials:
+                if t.state == optuna.trial.TrialState.RUNNING and t.user_attrs.get("stage") == "training":
+                    victim = t.number, int(t.user_attrs["worker"].rsplit(":", 1)[1])
+                    os.kill(victim[1], signal.SIGKILL)
+                    break
+        _, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert victim is not None, "no trial was seen training"
+    assert proc.returncode == 0, err[-2000:]
+    study = load(out)
+    assert_study_sound(study, trained=3, stopped_lack=("losses",))
+    again = study.trials[victim[0]]
+    assert again.user_attrs["worker"] != f"{again.user_attrs['worker'].rsplit(':', 1)[0]}:{victim[1]}", "it ran again"
+    assert again.user_attrs["status"] in EVALUATED

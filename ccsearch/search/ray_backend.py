@@ -47,13 +47,12 @@ from ccsearch.train import get_proxy
 TRIAL_ID = "optuna_trial_id"  # how a Ray trial finds its Optuna trial
 
 # Set before Ray starts so its workers inherit them: trials keep the working directory
-# (relative data paths stay valid) and Tune writes no per-trial CSV/JSON/TensorBoard logs.
+# (relative data paths stay valid), Tune writes no per-trial CSV/JSON/TensorBoard logs,
+# and accepts the per-epoch reports, which carry no final objective values.
 os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-os.environ.setdefault(
-    "TUNE_DISABLE_STRICT_METRIC_CHECKING", "1"
-)  # epoch reports carry no final values
+os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
 
 @dataclass(frozen=True)

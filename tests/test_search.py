@@ -123,11 +123,8 @@ def test_resume_after_a_stop_finishes_without_retraining(study_files, capsys, si
     try:
         while time.time() < deadline:  # stop it in the middle of training a candidate
             time.sleep(0.3)
-            if (out / "study.db").exists():
-                try:
-                    study = load(out)
-                except KeyError:  # the file exists before the study row does
-                    continue
+            if (out / "study.yaml").exists():  # written once the study's tables and row exist
+                study = load(out)
                 # after one evaluated trial and before the third: the run cannot be finishing
                 evaluated = len([u for u in study.trials if u.user_attrs.get("status") in EVALUATED])
                 if 1 <= evaluated <= 2 and any(

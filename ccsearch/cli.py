@@ -219,7 +219,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from ccsearch.results import pareto_front, summary_counts, trials_table
+    from ccsearch.results import best_on_front, pareto_front, summary_counts, trials_table
     from ccsearch.run_report import write_best_arch, write_pareto_page
     from ccsearch.search import controller
     from ccsearch.search.storage import shown_url
@@ -284,9 +284,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         page = write_pareto_page(table, front, config.budget, f"{config.name}: proxy top-1 vs MADDs",
                                  run.out / "pareto.html")
         print(f"dashboard: {page}")
-        best = write_best_arch(run.study, front, run.out / "best_arch.json")
-        if best is not None:
-            top = front.sort_values(["top1", "madds"], ascending=[False, True]).iloc[0]
+        top = best_on_front(front)
+        if top is not None:
+            best = write_best_arch(run.study, top, run.out / "best_arch.json")
             print(f"best:      {best}  (trial {top['trial']}, {top['top1']:.1f}% at "
                   f"{format_madds(top['madds'])}; e.g. ccsearch train {best} --proxy {config.proxy})")
     return 0
@@ -295,9 +295,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from ccsearch.search import controller
 
-    if not args.storage:
-        raise UserError("ccsearch worker needs --storage URL (or CCSEARCH_STORAGE in the environment)")
-    run = controller.join_study(args.storage, args.study)
+    storage = args.storage or os.environ.get(controller.STORAGE_ENV)
+    if not storage:
+        raise UserError(
+            f"ccsearch worker needs --storage URL (or {controller.STORAGE_ENV} in the environment)"
+        )
+    run = controller.join_study(storage, args.study)
     controller.optimize(run, data=args.data, device=args.device, progress=not args.quiet,
                         worker_label=f"worker {os.getpid()} ")
     return 0
@@ -388,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("worker", help="join an existing study from another process or machine")
-    p.add_argument("--storage", default=os.environ.get("CCSEARCH_STORAGE"),
+    p.add_argument("--storage",
                    help="the study's storage URL (default: $CCSEARCH_STORAGE, which keeps a password out of the process list)")
     p.add_argument("--study", required=True, help="the study's name in the storage")
     p.add_argument("--data", help="data source, PATH or SOURCE=PATH (default: the proxy's)")

@@ -70,5 +70,12 @@ def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
     return ok.loc[keep]
 
 
+def best_on_front(front: pd.DataFrame) -> pd.Series | None:
+    """The front's most accurate candidate (ties: fewer MADDs), or None on an empty front."""
+    if front.empty:
+        return None
+    return front.sort_values(["top1", "madds"], ascending=[False, True]).iloc[0]
+
+
 def summary_counts(table: pd.DataFrame) -> dict[str, int]:
     return {status: int(n) for status, n in table["status"].value_counts().items()}

@@ -76,11 +76,8 @@ def write_pareto_page(
     return path
 
 
-def write_best_arch(study: optuna.Study, front: pd.DataFrame, path: Path) -> Path | None:
-    """The front's most accurate candidate (ties: fewer MADDs) as ArchSpec JSON."""
-    if front.empty:
-        return None
-    best = front.sort_values(["top1", "madds"], ascending=[False, True]).iloc[0]
+def write_best_arch(study: optuna.Study, best: pd.Series, path: Path) -> Path:
+    """The chosen candidate (``results.best_on_front``) as ArchSpec JSON."""
     spec = ArchSpec.from_dict(study.trials[int(best["trial"])].user_attrs["spec"])
     _atomic_write(path, spec.to_json() + "\n")
     return path

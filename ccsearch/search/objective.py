@@ -30,6 +30,14 @@ from ccsearch.train import DeviceData, ProxyConfig, train_candidate
 EVALUATED = ("ok", "diverged", "pruned")
 
 
+def is_training(trial: optuna.trial.FrozenTrial) -> bool:
+    """Running and past its checks: it holds one of the study's training slots."""
+    return (
+        trial.state == optuna.trial.TrialState.RUNNING
+        and trial.user_attrs.get("stage") == "training"
+    )
+
+
 class TrialFailed(Exception):
     """A candidate could not be evaluated for a reason outside the architecture (e.g. OOM)."""
 
@@ -171,9 +179,7 @@ class Objective:
             if other.number == trial.number:
                 continue
             if other.user_attrs.get("status") in EVALUATED or (
-                other.state == optuna.trial.TrialState.RUNNING
-                and other.number < trial.number
-                and other.user_attrs.get("stage") == "training"
+                other.number < trial.number and is_training(other)
             ):
                 count += 1
         return count >= self.config.trials

@@ -39,7 +39,7 @@ from ccsearch.search.controller import (
     trained_count,
     update_bar,
 )
-from ccsearch.search.objective import TrialFailed
+from ccsearch.search.objective import TrialFailed, is_training
 from ccsearch.search.space import SearchSpace
 from ccsearch.search.storage import open_storage
 from ccsearch.train import get_proxy
@@ -103,7 +103,7 @@ def _study_search_class():
             trials = self._ot_study.get_trials(deepcopy=False)
             if trained_count(trials) >= self.trials_wanted:
                 return Searcher.FINISHED  # running trials finish; no new ones start
-            if trained_count(trials) + _training(trials) >= self.trials_wanted:
+            if trained_count(trials) + sum(map(is_training, trials)) >= self.trials_wanted:
                 return None  # the last candidates are training: ask again later
             return super().suggest(trial_id)
 
@@ -131,11 +131,6 @@ def _study_search_class():
     return _StudySearch
 
 
-def _training(trials: list[optuna.trial.FrozenTrial]) -> int:
-    running = optuna.trial.TrialState.RUNNING
-    return sum(t.state == running and t.user_attrs.get("stage") == "training" for t in trials)
-
-
 def _outcome(
     study: optuna.Study, trial_id: int, result: dict, error: bool
 ) -> tuple[optuna.trial.TrialState, list[float] | None]:
@@ -146,7 +141,8 @@ def _outcome(
         if "top1" in result:
             return states.COMPLETE, [result["top1"], result["madds"]]
         return (states.FAIL if result["status"] == "failed" else states.PRUNED), None
-    attrs = study._storage.get_trial(trial_id).user_attrs  # fresh: the worker wrote them
+    frozen = study._storage.get_trial(trial_id)  # fresh: the worker wrote its attributes
+    attrs = frozen.user_attrs
     recorded = attrs.get("status")
     if not error and recorded in ("ok", "diverged", "infeasible"):  # finished, report lost
         top1 = attrs.get("top1") if recorded == "ok" else 0.0
@@ -156,7 +152,7 @@ def _outcome(
     curve = attrs.get("curve") or []
     if error:
         status, reason = "failed", "its Ray trial failed (see the Ray logs of this run)"
-    elif attrs.get("stage") == "training" and curve and "epoch" in result:
+    elif is_training(frozen) and curve and "epoch" in result:
         status, reason = "pruned", f"ASHA stopped it after epoch {len(curve)}"
     else:
         status, reason = "interrupted", "Ray stopped it before it finished"  # --resume retries
@@ -238,7 +234,9 @@ def optimize_with_ray(
         if gpus > 0:
             fits = min(fits, int(resources["GPU"] // gpus))
         if device.startswith("cuda") and gpus == 0:
-            raise UserError(f"--device {device} needs --gpus-per-trial > 0 (Ray hides GPUs otherwise)")
+            raise UserError(
+                f"--device {device} needs --gpus-per-trial > 0 (Ray hides GPUs otherwise)"
+            )
         trial_device = device if device != "auto" else ("cuda" if gpus > 0 else "cpu")
 
         space = SearchSpace(**run.study.user_attrs["space"])

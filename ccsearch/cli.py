@@ -215,13 +215,35 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
 # ---- ccsearch run / worker ---------------------------------------------------------------
 
 
+def _progress(config, label: str, what: str, quiet: bool):
+    """A tqdm bar over the study's trained candidates, as a backend's progress callback."""
+    if quiet:
+        return None, None
+    from tqdm import tqdm
+
+    from ccsearch.search.policy import trained
+    from ccsearch.search.record import Status
+
+    bar = tqdm(total=config.trials, desc=f"{label}{config.name}", unit="trial",
+               dynamic_ncols=True, postfix={"data": what})
+
+    def update(records) -> None:
+        ok = [r.top1 for r in records if r.status == Status.OK and r.top1 is not None]
+        bar.n = min(trained(records), bar.total)
+        bar.set_postfix(best=f"{max(ok):.1f}%" if ok else "-",
+                        infeasible=sum(r.status == Status.INFEASIBLE for r in records),
+                        pruned=sum(r.status == Status.PRUNED for r in records), refresh=False)
+        bar.refresh()
+
+    return bar, update
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from ccsearch.results import best_on_front, pareto_front, summary_counts, trials_table
-    from ccsearch.run_report import write_best_arch, write_pareto_page
-    from ccsearch.search import controller
+    from ccsearch.results import summary_counts
+    from ccsearch.search import backends, run
     from ccsearch.search.storage import shown_url
     from ccsearch.search.study import load_study_config
     from ccsearch.train import get_proxy, load_proxy_data
@@ -229,42 +251,48 @@ def cmd_run(args: argparse.Namespace) -> int:
     base = load_study_config(args.study)
     config = base.with_overrides(budget=args.budget, trials=args.trials, proxy=args.proxy, seed=args.seed)
     config = replace(config, name=args.name or config.run_name(base.budget))
-    if args.workers < 1:
-        raise UserError(f"--workers must be >= 1, got {args.workers}")
     if args.backend == "ray" and args.workers != 1:
         raise UserError("--workers is for --backend optuna; Ray runs as many trials at once as "
                         "--cpus-per-trial / --gpus-per-trial allow")
     if args.backend == "optuna" and (args.address or args.gpus_per_trial is not None
                                      or args.cpus_per_trial is not None):
         raise UserError("--address, --cpus-per-trial and --gpus-per-trial need --backend ray")
-    ray_options = None
-    if args.backend == "ray":
-        from ccsearch.search.ray_backend import RayOptions
-
-        ray_options = RayOptions(address=args.address, cpus_per_trial=args.cpus_per_trial or 1.0,
-                                 gpus_per_trial=args.gpus_per_trial)
     proxy = get_proxy(config.proxy)
     data = load_proxy_data(proxy, args.data, seed=config.seed)  # fail before writing anything
+    if args.backend == "ray":
+        options = backends.RayOptions(address=args.address, cpus_per_trial=args.cpus_per_trial or 1.0,
+                                      gpus_per_trial=args.gpus_per_trial)
+        backend = backends.RayTune(data, options, device=args.device)
+    elif args.workers == 1:
+        backend = backends.InProcess(args.data, args.device, proxy_data=data)
+    else:
+        backend = backends.WorkerProcesses(args.workers, args.data, args.device)
     out = Path(args.out) if args.out else Path("runs") / config.name
-    run = controller.create_or_resume(config, out, args.storage, args.resume)
+    if args.resume:
+        search, waiting = run.resume(config, out, args.storage, data=data.description,
+                                     keep_trials=args.trials is None)
+        config = search.config
+        if waiting:
+            print(f"resuming: trials {waiting} retry architectures whose trials were interrupted")
+    else:
+        search = run.create(config, out, args.storage, data=data.description)
     print(f"study {config.name}: {config.search_space} under {format_madds(config.budget)} MADDs "
           f"({config.convention} convention, 224px), {config.trials} candidates, {config.sampler} sampler, "
           f"{config.pruner} pruning")
     print(f"proxy {proxy.name} on {data.description}")
-    print(f"storage {shown_url(run.storage_url)}")
-    if ray_options is not None:
-        from ccsearch.search.ray_backend import optimize_with_ray
-
-        optimize_with_ray(run, data, ray_options, device=args.device, progress=not args.quiet)
-    elif args.workers == 1:
-        controller.optimize(run, data=args.data, device=args.device, progress=not args.quiet,
-                            proxy_data=data)
-    else:
-        controller.spawn_workers(run, args.workers, data=args.data, device=args.device,
-                                 progress=not args.quiet)
-    results = controller.write_results(run)
-    table = trials_table(run.study)
-    front = pareto_front(table)
+    print(f"storage {shown_url(search.storage_url)}")
+    what = f"{args.workers} workers" if args.workers > 1 else data.description
+    bar, progress = _progress(config, "", what, args.quiet)
+    try:
+        backend.run(search, progress)
+    except KeyboardInterrupt:
+        run.finalize(search)  # the finished trials' results, before exiting 130
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    files = run.finalize(search)
+    table, front = files.table, files.front
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary_counts(table).items()))
     print(f"\n{len(table)} trials: {counts}")
     if front.empty:
@@ -279,30 +307,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(shown.to_string(index=False))
     if data.is_smoke_test:
         print("note: accuracies are on the digits smoke-test proxy, not ImageNet")
-    print(f"\nresults:   {results}")
-    if run.out is not None:
-        page = write_pareto_page(table, front, config.budget, f"{config.name}: proxy top-1 vs MADDs",
-                                 run.out / "pareto.html")
-        print(f"dashboard: {page}")
-        top = best_on_front(front)
-        if top is not None:
-            best = write_best_arch(run.study, top, run.out / "best_arch.json")
-            print(f"best:      {best}  (trial {top['trial']}, {top['top1']:.1f}% at "
-                  f"{format_madds(top['madds'])}; e.g. ccsearch train {best} --proxy {config.proxy})")
+    print(f"\nresults:   {files.results}")
+    print(f"dashboard: {files.pareto}")
+    if files.best is not None:
+        top = files.top
+        again = f"ccsearch train {files.best} --proxy {config.proxy} --seed {int(top['seed'])}"
+        if args.data:
+            again += f" --data {args.data}"
+        print(f"best:      {files.best}  (trial {top['trial']}, {top['top1']:.1f}% at "
+              f"{format_madds(top['madds'])}; e.g. {again})")
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from ccsearch.search import controller
+    from ccsearch.search import backends, run
+    from ccsearch.search.backends.workers import STORAGE_ENV
 
-    storage = args.storage or os.environ.get(controller.STORAGE_ENV)
+    storage = args.storage or os.environ.get(STORAGE_ENV)
     if not storage:
-        raise UserError(
-            f"ccsearch worker needs --storage URL (or {controller.STORAGE_ENV} in the environment)"
-        )
-    run = controller.join_study(storage, args.study)
-    controller.optimize(run, data=args.data, device=args.device, progress=not args.quiet,
-                        worker_label=f"worker {os.getpid()} ")
+        raise UserError(f"ccsearch worker needs --storage URL (or {STORAGE_ENV} in the environment)")
+    search = run.join(storage, args.study)
+    bar, progress = _progress(search.config, f"worker {os.getpid()} ", "", args.quiet)
+    try:
+        backends.InProcess(args.data, args.device).run(search, progress)
+    finally:
+        if bar is not None:
+            bar.close()
     return 0
 
 

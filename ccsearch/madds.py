@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import torch
@@ -204,26 +205,46 @@ def _analysis(model: nn.Module, image: torch.Tensor, convention: str) -> FlopCou
     return analysis
 
 
+_UNITS = {"k": 3, "m": 6, "g": 9, "b": 9}  # powers of ten
+
+
 def parse_madds(text: str | int | float) -> int:
-    """Read a MADD budget: ``325M``, ``0.6G``, ``4.1e9``, ``325000000`` (also ``325k``)."""
-    if isinstance(text, int | float) and not isinstance(text, bool):
-        value = float(text)
-    else:
-        raw = str(text).strip()
-        units = {"k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9}
-        scale = 1.0
-        if raw and raw[-1].lower() in units:
-            scale = units[raw[-1].lower()]
-            raw = raw[:-1]
-        try:
-            value = float(raw) * scale
-        except ValueError:
-            raise UserError(
-                f"cannot read MADD count {text!r}: use e.g. 325M, 0.6G, 4.1e9 or 325000000"
-            ) from None
-    if not value > 0 or value != value or value == float("inf"):
+    """Read a MADD budget: ``325M``, ``0.6G``, ``4.1e9``, ``325000000`` (also ``325k``).
+
+    Decimal, not float, so ``325.44M`` is exactly 325440000; a fraction of a multiply-add is
+    refused rather than rounded, since ``0.4`` is almost surely a missing unit.
+    """
+    raw = repr(text) if isinstance(text, float) else str(text).strip()
+    exponent = 0
+    if raw and raw[-1].lower() in _UNITS and not isinstance(text, int | float):
+        exponent = _UNITS[raw[-1].lower()]
+        raw = raw[:-1]
+    try:
+        value = Decimal(raw)
+    except (InvalidOperation, ValueError):
+        raise UserError(
+            f"cannot read MADD count {text!r}: use e.g. 325M, 0.6G, 4.1e9 or 325000000"
+        ) from None
+    if not value.is_finite() or value <= 0 or value.adjusted() + exponent > 308:
         raise UserError(f"MADD count must be a positive number, got {text!r}")
-    return int(round(value))
+    sign, digits, power = value.as_tuple()
+    value = Decimal((sign, digits, power + exponent))  # exact: no context, no rounding
+    if value != value.to_integral_value():
+        hint = f"did you mean {raw}M or {raw}G?" if exponent == 0 else f"that is {value}"
+        raise UserError(f"MADD count {text!r} is not a whole number of multiply-adds; {hint}")
+    return int(value)
+
+
+def exact_madds_label(n: int) -> str:
+    """325440000 -> '325.44M': like ``format_madds`` but exact, so distinct budgets never
+    share a label (run names are built from it)."""
+    digits = str(abs(n))
+    sign = "-" if n < 0 else ""
+    for unit, exponent in (("G", 9), ("M", 6), ("K", 3)):
+        if len(digits) > exponent:
+            whole, fraction = digits[:-exponent], digits[-exponent:].rstrip("0")
+            return f"{sign}{whole}{'.' + fraction if fraction else ''}{unit}"
+    return str(n)
 
 
 def format_madds(value: int | float) -> str:

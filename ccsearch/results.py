@@ -1,6 +1,6 @@
 """A study's trials as a pandas table, and its Pareto front (top-1 up, MADDs down).
 
-Everything comes from what each trial recorded (see ``ccsearch/search/objective.py``),
+Everything comes from what each trial recorded (``ccsearch/search/record.py``),
 so results work the same whichever backend or machine ran the trials.
 """
 
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import optuna
 import pandas as pd
+
+from ccsearch.search.record import Status, read_all
 
 COLUMNS = [
     "trial",
@@ -21,7 +23,10 @@ COLUMNS = [
     "routing",
     "epochs",
     "train_time",
+    "wall_time",
     "device",
+    "worker",
+    "seed",
     "reason",
     "digest",
 ]
@@ -30,44 +35,50 @@ COLUMNS = [
 def trials_table(study: optuna.Study) -> pd.DataFrame:
     """One row per trial, in trial order."""
     rows = []
-    for t in study.get_trials(deepcopy=False):
-        a = t.user_attrs
-        groups = (a.get("spec") or {}).get("groups", [])
+    for r in read_all(study):
+        groups = (r.spec or {}).get("groups", [])
         cc = [i for i, g in enumerate(groups, start=1) if g.get("experts")]
+        status = r.status.value if r.status is not None else r.state.name.lower()
         rows.append(
             {
-                "trial": t.number,
-                "state": t.state.name,
-                "status": a.get(
-                    "status", "running" if t.state.name == "RUNNING" else t.state.name.lower()
-                ),
-                "top1": a.get("top1") if a.get("status") == "ok" else None,
-                "madds": a.get("madds"),
-                "params": a.get("params"),
+                "trial": r.number,
+                "state": r.state.name,
+                "status": status,
+                "top1": r.top1 if r.status == Status.OK else None,
+                "madds": r.madds if r.spec else None,
+                "params": r.params if r.spec else None,
                 "condconv": ",".join(map(str, cc)) or "-",
                 "experts": ",".join(str(groups[i - 1]["experts"]) for i in cc) or "-",
                 "routing": ",".join(groups[i - 1]["routing"] for i in cc) or "-",
-                "epochs": a.get("epochs"),
-                "train_time": a.get("train_time"),
-                "device": a.get("device"),
-                "reason": a.get("reason", ""),
-                "digest": a.get("digest"),
+                "epochs": r.epochs,
+                "train_time": r.train_time,
+                "wall_time": r.wall_time,
+                "device": r.device,
+                "worker": r.worker,
+                "seed": r.seed,
+                "reason": r.reason,
+                "digest": r.digest or None,
             }
         )
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
-    """Trained, in-budget candidates that no other beats on both top-1 and MADDs."""
+    """Trained, in-budget candidates that no other beats on both top-1 and MADDs.
+
+    Ties stay: two architectures with equal top-1 and MADDs are both on the front. An
+    architecture trained twice appears once, by its best run.
+    """
     ok = table[(table["status"] == "ok") & table["top1"].notna()]
-    ok = ok.sort_values(["madds", "top1"], ascending=[True, False]).drop_duplicates("digest")
-    best = float("-inf")
-    keep = []
-    for index, row in ok.iterrows():  # by rising MADDs: keep each new best accuracy
-        if row["top1"] > best:
-            keep.append(index)
-            best = row["top1"]
-    return ok.loc[keep]
+    ok = ok.sort_values(["top1", "madds"], ascending=[False, True], kind="stable")
+    ok = ok[ok["digest"].isna() | ~ok.duplicated("digest")]
+    ok = ok.sort_values("madds", kind="stable")  # ties in MADDs keep the better top-1 first
+    top1, madds = ok["top1"].astype(float), ok["madds"].astype(float)
+    best_here = top1.groupby(madds).transform("max")  # best top-1 at this very MADD count
+    # Best top-1 at strictly fewer MADDs: the running max, shifted past this MADD count.
+    best_below = best_here.groupby(madds).first().cummax().shift(fill_value=float("-inf"))
+    keep = (top1 == best_here) & (top1 > madds.map(best_below))
+    return ok[keep.to_numpy()]
 
 
 def best_on_front(front: pd.DataFrame) -> pd.Series | None:

@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 
 from ccsearch.arch import ArchSpec
 from ccsearch.madds import format_madds
+from ccsearch.search.record import read
 
 HOVER = "trial %{customdata[0]}<br>CondConv groups %{customdata[1]}<br>experts %{customdata[2]}<br>routing %{customdata[3]}<br>%{y:.1f}%% at %{x:.1f}M MADDs<extra></extra>"
 
@@ -72,18 +73,18 @@ def write_pareto_page(
         yaxis_title="proxy top-1 (%)",
         template="plotly_white",
     )
-    _atomic_write(path, fig.to_html(include_plotlyjs=True, full_html=True))
+    atomic_write(path, fig.to_html(include_plotlyjs=True, full_html=True))
     return path
 
 
 def write_best_arch(study: optuna.Study, best: pd.Series, path: Path) -> Path:
     """The chosen candidate (``results.best_on_front``) as ArchSpec JSON."""
-    spec = ArchSpec.from_dict(study.trials[int(best["trial"])].user_attrs["spec"])
-    _atomic_write(path, spec.to_json() + "\n")
+    spec = ArchSpec.from_dict(read(study.trials[int(best["trial"])]).spec)
+    atomic_write(path, spec.to_json() + "\n")
     return path
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
     """Write next to ``path`` and rename: a reader never sees half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:

@@ -10,7 +10,7 @@ from ccsearch.arch import build_model, get_backbone
 from ccsearch.arch.backbones import PUBLISHED
 from ccsearch.errors import UserError
 from ccsearch.layers import CondConv2d
-from ccsearch.madds import count_madds, format_madds, parse_madds
+from ccsearch.madds import count_madds, exact_madds_label, format_madds, parse_madds
 
 # (backbone, published MADDs, relative tolerance): the papers' own numbers.
 PUBLISHED_CASES = [
@@ -100,13 +100,20 @@ def test_resolution_scales_counts_and_bad_values_are_refused():
         ("325000000", 325_000_000),
         ("325m", 325_000_000),
         (" 12k ", 12_000),
+        ("325.44M", 325_440_000),
+        ("0.1G", 100_000_000),
+        ("1.1e3", 1_100),
+        (325_000_000, 325_000_000),
+        (4.1e9, 4_100_000_000),
     ],
 )
 def test_parse_madds(text, value):
     assert parse_madds(text) == value
 
 
-@pytest.mark.parametrize("text", ["", "M", "325X", "-5M", "abc", "nan", "inf", "0"])
+@pytest.mark.parametrize(
+    "text", ["", "M", "325X", "-5M", "abc", "nan", "inf", "0", "1e999999999", 0, -3, float("nan")]
+)
 def test_parse_madds_rejects_bad_strings(text):
     with pytest.raises(UserError, match="MADD"):
         parse_madds(text)
@@ -115,3 +122,37 @@ def test_parse_madds_rejects_bad_strings(text):
 def test_format_madds():
     assert format_madds(325_412_345) == "325.4M"
     assert format_madds(4_089_000_000) == "4.09G"
+
+
+@pytest.mark.parametrize(
+    "text", ["0.4", "300.5", 0.4, "1.5e0", "0.0000004M", "1.0000000000000000000000000001k", "1e-99"]
+)
+def test_parse_madds_refuses_fractional_counts(text):
+    with pytest.raises(UserError, match="not a whole number") as err:
+        parse_madds(text)
+    assert repr(text) in str(err.value) or str(text) in str(err.value)
+
+
+def test_parse_madds_suggests_a_unit_for_a_bare_fraction():
+    with pytest.raises(UserError, match=r"'0\.4'.*did you mean 0\.4M or 0\.4G\?"):
+        parse_madds("0.4")
+
+
+@pytest.mark.parametrize(
+    "value, label",
+    [
+        (325_000_000, "325M"),
+        (325_440_000, "325.44M"),
+        (325_410_000, "325.41M"),
+        (4_100_000_000, "4.1G"),
+        (1_000_000_000_000, "1000G"),
+        (1_234, "1.234K"),
+        (1_000, "1K"),
+        (999, "999"),
+        (1, "1"),
+        (325_412_345, "325.412345M"),
+    ],
+)
+def test_exact_madds_label(value, label):
+    assert exact_madds_label(value) == label
+    assert parse_madds(label) == value

@@ -1,199 +1,183 @@
-"""What one trial does: sample, count, check the budget and duplicates, train, record.
+"""What one trial does: sample, count, check the budget and the claim, train, record.
 
-Every trial stores everything results, dashboards and export need as user attributes:
-the full ``ArchSpec`` JSON, MADDs (total, per group, convention), params, proxy top-1,
-per-epoch curve, wall time, device and, when it did not train, why.
+The steps are separate methods because the backends run them in different places: the
+in-process and worker backends run all of them in one process (``evaluate``); the Ray
+backend runs ``start``, ``after_epoch`` and ``finish`` on the driver, which alone writes
+the storage, and only the training in a Ray trial.  Training goes through a ``Trainer``
+(the seam the policy tests use to run the checks without training a model).
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import optuna
 
-from ccsearch.arch import spec_digest
+from ccsearch.arch import ArchSpec, spec_digest
 from ccsearch.madds import count_madds
-from ccsearch.search.pruning import should_prune
+from ccsearch.search import policy
+from ccsearch.search import record as rec
+from ccsearch.search.pruners import Pruner, finished_curves
+from ccsearch.search.record import Stage, Status, TrialRecord
+from ccsearch.search.recovery import retry
 from ccsearch.search.space import SearchSpace
 from ccsearch.search.study import StudyConfig
-from ccsearch.train import DeviceData, ProxyConfig, train_candidate
+from ccsearch.train import TrainResult
 
-# ``status`` values of candidates that were trained (fully or until pruned): they count
-# towards the study's trials and are never trained again.  Only "ok" ones can be on the
-# Pareto front; the others are infeasible, duplicate, surplus, failed or interrupted.
-EVALUATED = ("ok", "diverged", "pruned")
-
-
-def is_training(trial: optuna.trial.FrozenTrial) -> bool:
-    """Running and past its checks: it holds one of the study's training slots."""
-    return (
-        trial.state == optuna.trial.TrialState.RUNNING
-        and trial.user_attrs.get("stage") == "training"
-    )
-
-
-class TrialFailed(Exception):
-    """A candidate could not be evaluated for a reason outside the architecture (e.g. OOM)."""
+# (spec, seed, on_epoch) -> result; on_epoch(epoch, top1) returns True to stop training.
+Trainer = Callable[[ArchSpec, int, Callable[[int, float], bool]], TrainResult]
+_RESULT_STATUS = {"ok": Status.OK, "diverged": Status.DIVERGED, "pruned": Status.PRUNED}
 
 
 @dataclass
-class Objective:
+class Candidate:
+    """One trial on its way through the steps."""
+
+    trial: optuna.Trial
+    record: TrialRecord
+    spec: ArchSpec | None = None  # sampled by ``claim``
+    started: float = field(default_factory=time.perf_counter)
+    stop: policy.Verdict | None = None  # set when a check after an epoch said stop
+    ended: bool = False  # told to Optuna
+
+
+@dataclass
+class Evaluator:
     config: StudyConfig
     space: SearchSpace
-    proxy: ProxyConfig
-    data: DeviceData
-    device: str
-    # Called with (epoch, top1) after every epoch: how the Ray backend feeds ASHA.
-    report: Callable[[int, float], None] | None = None
+    pruner: Pruner
+    epochs: int  # the proxy's
+    measured_on: dict  # record fields known before training: proxy, data, smoke_test, device
+    sampler_seed: int = 0
+    owner: str = field(default_factory=rec.this_process)
+    _counted: dict = field(default_factory=dict, repr=False)  # digest -> MaddsReport
 
-    def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
-        start = time.perf_counter()
-        try:
-            return self._evaluate(trial, start)
-        except KeyboardInterrupt:  # Optuna fails the trial; --resume retries it
-            self._record(trial, "interrupted", "stopped by Ctrl-C", start)
-            raise
+    # ---- the steps ----------------------------------------------------------------------
 
-    def _evaluate(self, trial: optuna.Trial, start: float) -> tuple[float, float]:
-        spec = self.space.sample(trial, suggest_all=self.config.sampler == "grid")
-        report = count_madds(spec, convention=self.config.convention)
-        digest = spec_digest(spec)
-        attrs: dict[str, Any] = {
-            "spec": spec.to_dict(),
-            "digest": digest,
-            "madds": report.madds,
-            "params": report.params,
-            "group_madds": [g.madds for g in report.groups],
-            "convention": report.convention,
-            "budget": self.config.budget,
-            "condconv_groups": spec.condconv_groups(),
-            "worker": f"{socket.gethostname()}:{os.getpid()}",
-        }
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+    def begin(self, trial: optuna.Trial) -> Candidate:
+        """Record who holds the trial, first: a kill in the MADD count is then detected."""
+        record = TrialRecord(number=trial.number, owner=self.owner, worker=self.owner,
+                             sampler_seed=self.sampler_seed, budget=self.config.budget,
+                             seed=self.config.seed + trial.number, **self.measured_on)
+        rec.write(trial, record)
+        return Candidate(trial, record)
+
+    def claim(self, c: Candidate) -> bool:
+        """Sample, count and check: True to train, False when the trial already ended."""
+        trial, record = c.trial, c.record
+        c.spec = spec = self.space.sample(trial, suggest_all=self.config.sampler == "grid")
+        record.spec, record.digest = spec.to_dict(), spec_digest(spec)
+        report = self._count(spec, record.digest)
+        record.madds, record.params = report.madds, report.params
+        record.group_madds, record.convention = [g.madds for g in report.groups], report.convention
         # Feasible when <= 0; NSGA-II and TPE rank infeasible candidates below feasible ones.
-        # A retried trial inherits the same value from its failed twin: no warning for that.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The constraint value is ignored")
             trial.set_constraint("madds_over_budget", report.madds - self.config.budget)
-
         if report.madds > self.config.budget:  # never trained: costs milliseconds
-            return self._finish(
-                trial,
-                "infeasible",
-                0.0,
-                report.madds,
-                start,
-                reason=f"{report.madds:,} MADDs over the budget of {self.config.budget:,}",
-            )
-        twin = self._earlier_twin(trial, digest)
-        if twin is not None:
-            if twin.state == optuna.trial.TrialState.COMPLETE:
-                for key in ("top1", "curve", "status"):
-                    trial.set_user_attr(f"twin_{key}", twin.user_attrs.get(key))
-                return self._finish(
-                    trial,
-                    "duplicate",
-                    twin.values[0],
-                    report.madds,
-                    start,
-                    reason=f"same architecture as trial {twin.number}",
-                )
-            self._stop(
-                trial,
-                "duplicate",
-                f"same architecture as trial {twin.number} ({twin.state.name.lower()})",
-                start,
-            )
-        trial.set_user_attr("stage", "training")  # the claim, recorded before counting claims
-        if self._enough_trained(trial):  # the controller stops the loop on a surplus trial
-            self._stop(trial, "surplus", "the study already has its trials", start)
-        seed = self.config.seed + trial.number
-        # Known before training: kept even if the trial is stopped from outside (Ray's ASHA).
-        before = {
-            "device": self.device,
-            "proxy": self.proxy.name,
-            "data": self.data.description,
-            "smoke_test": self.data.smoke_test,
-            "seed": seed,
-        }
-        for key, value in before.items():
-            trial.set_user_attr(key, value)
-        curve: list[float] = []
+            reason = f"{report.madds:,} MADDs over the budget of {self.config.budget:,}"
+            self._end(c, Status.INFEASIBLE, reason)
+            return False
+        record.stage = Stage.TRAINING
+        rec.write(trial, record)  # the claim, written before reading the others
+        verdict = self._check(c)
+        if verdict is not policy.GO:
+            self._end(c, verdict.status, verdict.reason, verdict.twin)
+            return False
+        return True
 
-        def on_epoch(epoch: int, top1: float) -> bool:
-            curve.append(top1)
-            trial.set_user_attr("curve", list(curve))
-            if self.report is not None:
-                self.report(epoch, top1)
-            return should_prune(
-                self.config.pruner,
-                trial.study,
-                trial.number,
-                epoch,
-                top1,
-                self.proxy.epochs,
-                startup=self.config.startup_trials,
-            )
+    def start(self, trial: optuna.Trial) -> Candidate | None:
+        """``begin`` and ``claim``: a Candidate to train, or None."""
+        c = self.begin(trial)
+        return c if self.claim(c) else None
 
-        result = train_candidate(spec, self.proxy, self.data, self.device, on_epoch, seed=seed)
-        for key in ("curve", "losses", "epochs", "images_per_sec", "device", "reason"):
-            trial.set_user_attr(key, getattr(result, key))
-        trial.set_user_attr("train_time", result.wall_time)
-        trial.set_user_attr("top1", result.top1)
+    def after_epoch(self, c: Candidate, epoch: int, top1: float) -> bool:
+        """Record the epoch, re-check the claim, ask the pruner: True to stop training."""
+        c.record.curve = [*c.record.curve[: epoch - 1], top1]  # a restarted Ray trial: anew
+        c.record.epochs = epoch
+        records = rec.read_all(c.trial.study)
+        verdict = policy.check(c.record.number, c.record.digest, records, self.config.trials)
+        if verdict is policy.GO and self.pruner.should_prune(
+            epoch, top1, self.epochs, finished_curves(records)
+        ):
+            verdict = policy.Verdict(
+                Status.PRUNED, f"{self.config.pruner} pruner stopped it after epoch {epoch}"
+            )
+        c.stop = None if verdict is policy.GO else verdict
+        rec.write(c.trial, c.record)
+        return c.stop is not None
+
+    def finish(self, c: Candidate, result: TrainResult) -> TrialRecord:
+        """Record the training result and end the trial (after the commit check)."""
+        r = c.record
+        r.curve, r.losses, r.epochs = list(result.curve), list(result.losses), result.epochs
+        r.images_per_sec, r.train_time = result.images_per_sec, result.wall_time
+        r.top1, r.device = result.top1, result.device or r.device
+        if c.stop is not None and c.stop.status != Status.PRUNED:  # backed off mid-training
+            self._end(c, c.stop.status, c.stop.reason, c.stop.twin)
+            return r
         if result.status == "failed":
-            self._record(trial, "failed", result.reason, start)
-            raise TrialFailed(result.reason)
-        if result.status == "pruned":
-            self._stop(trial, "pruned", result.reason, start)
-        top1 = result.top1 if result.status == "ok" and result.top1 is not None else 0.0
-        return self._finish(trial, result.status, top1, report.madds, start, reason=result.reason)
+            self._end(c, Status.FAILED, result.reason)
+            return r
+        status = Status.PRUNED if c.stop is not None else _RESULT_STATUS[result.status]
+        reason = c.stop.reason if c.stop is not None else result.reason
+        r.stage = Stage.COMMITTING
+        rec.write(c.trial, r)
+        verdict = self._check(c)
+        if verdict is not policy.GO:  # another trial won the slot while this one trained
+            status, reason = verdict.status, f"trained, then lost its slot: {verdict.reason}"
+        self._end(c, status, reason, verdict.twin)
+        return r
+
+    def fail(self, c: Candidate, reason: str) -> None:
+        self._end(c, Status.FAILED, reason)
+
+    def interrupt(self, c: Candidate, reason: str) -> None:
+        """Stopped from outside (Ctrl-C, the experiment ended): retried by ``--resume``."""
+        if c.ended:
+            return
+        self._end(c, Status.INTERRUPTED, reason)
+        retry(c.trial.study, c.trial.study.get_trials(deepcopy=False)[c.record.number])
+
+    def evaluate(self, trial: optuna.Trial, trainer: Trainer) -> TrialRecord:
+        """All steps in this process."""
+        c = self.begin(trial)
+        try:
+            if self.claim(c):
+                result = trainer(c.spec, c.record.seed, lambda e, t: self.after_epoch(c, e, t))
+                self.finish(c, result)
+        except KeyboardInterrupt:
+            self.interrupt(c, "stopped by Ctrl-C")
+            raise
+        except Exception as err:  # a bug or a broken device: this trial fails, the search goes on
+            self.fail(c, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        return c.record
 
     # ---- helpers ------------------------------------------------------------------------
 
-    def _earlier_twin(self, trial: optuna.Trial, digest: str) -> optuna.trial.FrozenTrial | None:
-        """A trial of the same architecture that was (or is being) trained before this one."""
-        running = optuna.trial.TrialState.RUNNING
-        for other in trial.study.get_trials(deepcopy=False):
-            if other.number == trial.number or other.user_attrs.get("digest") != digest:
-                continue
-            if other.user_attrs.get("status") in EVALUATED:
-                return other
-            # Digests are recorded before this check, so of two workers sampling the same
-            # architecture at once, the later trial number always sees the earlier one.
-            if other.state == running and other.number < trial.number:
-                return other
-        return None
+    def _count(self, spec: ArchSpec, digest: str):
+        """MADDs of an architecture, counted once per process (samplers repeat themselves)."""
+        if digest not in self._counted:
+            self._counted[digest] = count_madds(spec, convention=self.config.convention)
+        return self._counted[digest]
 
-    def _enough_trained(self, trial: optuna.Trial) -> bool:
-        """Trained or training trials before this one already reach the target (race-free:
-        of two workers claiming at once, only the later trial number backs off)."""
-        count = 0
-        for other in trial.study.get_trials(deepcopy=False):
-            if other.number == trial.number:
-                continue
-            if other.user_attrs.get("status") in EVALUATED or (
-                other.number < trial.number and is_training(other)
-            ):
-                count += 1
-        return count >= self.config.trials
+    def _check(self, c: Candidate) -> policy.Verdict:
+        records = rec.read_all(c.trial.study)
+        return policy.check(c.record.number, c.record.digest, records, self.config.trials)
 
-    @staticmethod
-    def _record(trial: optuna.Trial, status: str, reason: str, start: float) -> None:
-        trial.set_user_attr("status", status)
-        trial.set_user_attr("reason", reason)
-        trial.set_user_attr("wall_time", time.perf_counter() - start)
-
-    def _finish(self, trial, status: str, top1: float, madds: int, start: float, reason: str = ""):
-        self._record(trial, status, reason, start)
-        return top1, float(madds)
-
-    def _stop(self, trial: optuna.Trial, status: str, reason: str, start: float) -> None:
-        self._record(trial, status, reason, start)
-        raise optuna.TrialPruned(reason)
+    def _end(self, c: Candidate, status: Status, reason: str, twin: TrialRecord | None = None):
+        if c.ended:
+            return
+        r = c.record
+        r.status, r.reason = status, reason
+        r.wall_time = time.perf_counter() - c.started
+        values = None
+        if twin is not None:
+            r.twin = twin.number
+            values = policy.twin_values(twin)
+        rec.write(c.trial, r)
+        rec.tell(c.trial.study, c.trial, r, values)
+        c.ended = True

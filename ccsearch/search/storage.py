@@ -1,100 +1,160 @@
-"""Opening Optuna storages the way a search needs them.
+"""Opening the Optuna storage a search is given (``--storage``), and showing its URL safely.
 
-- a SQLite file (default, ``runs/<study>/study.db``): safe for one writer and a few local
-  workers (a long busy timeout turns "database is locked" into waiting);
-- ``journal:PATH``: Optuna's journal file backend, for many local worker processes;
-- ``postgresql://...``: for workers on many machines.
+- ``sqlite:///PATH`` (the default, ``runs/<study>/study.db``): one writer and a few local
+  workers; a long busy timeout turns "database is locked" into waiting;
+- ``journal:PATH``: Optuna's journal file, for many local worker processes (no heartbeats);
+- ``postgresql://...`` (or ``postgres://``, ``mysql...``): for workers on many machines.
 
-RDB storages get heartbeats: a trial whose worker died (no heartbeat for ``GRACE``
-seconds) is marked failed and its architecture retried (Optuna's
-``RetryHeartbeatStaleTrialCallback``).  A trial that *raised* is ccsearch's to classify and
-is recorded with its reason instead.
+RDB storages get heartbeats when asked: a trial with no heartbeat for ``GRACE`` seconds is
+marked failed and handed to the caller's ``on_stale`` callback.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
+from collections.abc import Callable
+from urllib.parse import unquote, unquote_plus
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from ccsearch.errors import UserError
 
-# Heartbeats and the retry callback are marked experimental in Optuna; we rely on them.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-
 HEARTBEAT = 10  # seconds between a running trial's heartbeats
 GRACE = 60  # seconds without a heartbeat before a trial counts as dead
-RETRIES = 2  # times a dead trial's architecture is retried
+
+StaleTrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
+
+_RDB_SCHEME = re.compile(r"(?i)(sqlite|postgres|postgresql|mysql)(\+\w+)?://")
+_MASK = "***"
+_PASSWORD_KEYS = {"password", "passwd", "pwd"}
+_QUERY_ITEM = re.compile(r"([^&;=]*)=([^&;]*)")
 
 
-def open_storage(url: str, heartbeats: bool = True) -> optuna.storages.BaseStorage:
-    """``heartbeats=False`` for processes that ask/tell outside ``Study.optimize`` (the Ray
-    driver): Optuna's heartbeats only run inside ``optimize``."""
+def open_storage(
+    url: str, heartbeats: bool = True, on_stale: StaleTrialCallback | None = None
+) -> optuna.storages.BaseStorage:
+    """The storage at ``url``; a ``UserError`` (with the password masked) if it cannot be
+    opened.
+
+    ``heartbeats=False`` for processes that ask/tell outside ``Study.optimize`` (the Ray
+    driver): Optuna's heartbeats only run inside ``optimize``.  ``on_stale(study, trial)`` is
+    called for each trial found dead by the heartbeat check (RDB storages only).
+    """
     if url.startswith("journal:"):
-        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-    if not url.startswith(("sqlite:", "postgresql", "mysql")):
+        path = url.removeprefix("journal:")
+        if not path:
+            raise UserError(f"storage {shown_url(url)!r} has no path: use journal:PATH")
+        try:
+            return JournalStorage(JournalFileBackend(path))
+        except OSError as err:
+            raise UserError(f"cannot open storage {shown_url(url)!r}: {err}") from None
+    match = _RDB_SCHEME.match(url)
+    if match is None:
         raise UserError(
-            f"storage {url!r} not understood: use sqlite:///PATH, postgresql://... or journal:PATH"
+            f"storage {shown_url(url)!r} not understood: "
+            "use sqlite:///PATH, postgresql://... or journal:PATH"
         )
-    given = url
-    if url.startswith(("postgresql://", "postgres://")):  # the driver ccsearch installs
-        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    dialect, driver = match.group(1).lower(), match.group(2) or ""
+    if dialect in ("postgres", "postgresql"):
+        dialect, driver = "postgresql", driver or "+psycopg"  # the driver ccsearch installs
+    rdb_url = f"{dialect}{driver.lower()}://{url[match.end() :]}"
     engine_kwargs = (
-        {"connect_args": {"timeout": 120}} if url.startswith("sqlite:") else {"pool_pre_ping": True}
+        {"connect_args": {"timeout": 120}} if dialect == "sqlite" else {"pool_pre_ping": True}
+    )
+    beats = (
+        {
+            "heartbeat_interval": HEARTBEAT,
+            "grace_period": GRACE,
+            "heartbeat_stale_trial_callback": on_stale,
+        }
+        if heartbeats
+        else {}
     )
     try:
-        beats = (
-            {
-                "heartbeat_interval": HEARTBEAT,
-                "grace_period": GRACE,
-                "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(RETRIES),
-            }
-            if heartbeats
-            else {}
-        )
-        return RDBStorage(url, engine_kwargs=engine_kwargs, **beats)
-    except Exception as err:  # driver missing, server down, bad credentials
-        message = str(err).splitlines()[0].replace(url, shown_url(url))
-        raise UserError(f"cannot open storage {shown_url(given)!r}: {message}") from None
+        with warnings.catch_warnings():  # heartbeats are experimental in Optuna
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(rdb_url, engine_kwargs=engine_kwargs, **beats)
+    except Exception as err:  # driver missing, server down, bad credentials, bad URL
+        lines = str(err).strip().splitlines()
+        message = _scrub(lines[0] if lines else type(err).__name__, url, rdb_url)
+        raise UserError(f"cannot open storage {shown_url(url)!r}: {message}") from None
 
 
 def shown_url(url: str) -> str:
-    """The storage URL with its password masked, for printing and for files."""
-    if "://" not in url or "@" not in url:
-        return url
+    """The storage URL with every password (in the netloc or the query string) masked as
+    ``***``, for printing and for files.  Never raises."""
+    try:
+        return _mask(str(url))[0]
+    except Exception:  # pragma: no cover - a last resort, _mask is not expected to fail
+        return _MASK
+
+
+def _scrub(message: str, *urls: str) -> str:
+    """``message`` with the raw URLs shown masked and any of their passwords replaced."""
+    for url in sorted(set(urls), key=len, reverse=True):
+        message = message.replace(url, shown_url(url))
+    secrets = {s for url in urls for s in _mask(url)[1] if s}
+    for secret in sorted(secrets, key=len, reverse=True):
+        message = message.replace(secret, _MASK)
+    return message
+
+
+def _mask(url: str) -> tuple[str, list[str]]:
+    """The URL with its passwords masked, and the raw (and decoded) texts that were hidden."""
+    if url.startswith(("sqlite:", "journal:")):
+        return url, []
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        prefix = scheme + sep
+        head, tail, hidden = _mask_netloc(url, rest)
+    else:  # no scheme: anything before an "@" may be credentials
+        prefix = ""
+        creds, at, host = url.rpartition("@")
+        head, tail, hidden = (f"{_MASK}@", host, [creds]) if at else ("", url, [])
+    before, question, query = tail.partition("?")
+    if question:
+        query, query_hidden = _mask_query(query)
+        hidden += query_hidden
+        tail = before + question + query
+    hidden += [decode(s) for s in hidden for decode in (unquote, unquote_plus)]
+    return prefix + head + tail, hidden
+
+
+def _mask_netloc(url: str, rest: str) -> tuple[str, str, list[str]]:
+    """Split ``rest`` (the URL after ``://``) into masked credentials and the rest."""
     from sqlalchemy.engine import make_url
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy understands: mask everything before the host
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+        parsed = make_url(url)
+        parsed_ok = "@" not in (parsed.host or "")  # an unescaped "@" in a password
+    except Exception:
+        parsed, parsed_ok = None, False
+    if parsed_ok and parsed is not None:
+        if parsed.password is None:
+            return "", rest, []
+        # The same split as SQLAlchemy's: user up to ":" or "/", password up to "@".
+        creds = re.match(r"([^:/]*):([^@]*)@", rest)
+        if creds is not None:
+            return f"{creds.group(1)}:{_MASK}@", rest[creds.end() :], [creds.group(2)]
+    if "@" not in rest:
+        return "", rest, []
+    creds, host = rest.rsplit("@", 1)
+    hidden = [creds] + ([creds.split(":", 1)[1]] if ":" in creds else [])
+    return f"{_MASK}@", host, hidden
 
 
-def fail_interrupted_trials(study: optuna.Study) -> list[int]:
-    """Fail interrupted trials and retry their architectures (for ``run --resume``, whose
-    process owns the study): trials a killed process left RUNNING, and trials recorded as
-    ``interrupted`` (Ctrl-C) that were not retried yet."""
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=RETRIES)
-    states = optuna.trial.TrialState
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.system_attrs.get("failed_trial") for t in trials}
-    failed = []
-    for trial in trials:
-        if trial.state == states.RUNNING:
-            study._storage.set_trial_user_attr(trial._trial_id, "status", "interrupted")
-            study._storage.set_trial_user_attr(trial._trial_id, "reason", "its process was killed")
-            if not study._storage.set_trial_state_values(trial._trial_id, states.FAIL):
-                continue
-        elif not (
-            trial.state == states.FAIL
-            and trial.user_attrs.get("status") == "interrupted"
-            and trial.number not in retried
-        ):
-            continue
-        retry(study, study._storage.get_trial(trial._trial_id))
-        failed.append(trial.number)
-    return failed
+def _mask_query(query: str) -> tuple[str, list[str]]:
+    """The query string with password values masked, keeping its order and spelling."""
+    hidden: list[str] = []
+
+    def mask(item: re.Match[str]) -> str:
+        key, value = item.group(1), item.group(2)
+        if unquote_plus(key).strip().lower() not in _PASSWORD_KEYS:
+            return item.group(0)
+        hidden.append(value)
+        return f"{key}={_MASK}"
+
+    return _QUERY_ITEM.sub(mask, query), hidden

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +10,7 @@ import optuna
 
 from ccsearch.config import check_fields, load_yaml_mapping, resolve_config
 from ccsearch.errors import UserError
-from ccsearch.madds import CONVENTIONS, format_madds, parse_madds
+from ccsearch.madds import CONVENTIONS, exact_madds_label, parse_madds
 from ccsearch.search.space import SearchSpace, load_search_space
 
 SAMPLERS = ("nsga2", "tpe", "random", "grid")
@@ -44,6 +44,11 @@ class StudyConfig:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise UserError(f"{where}: {key} must be a positive integer, got {value!r}")
+        if self.sampler == "nsga2" and self.population_size < 2:  # NSGA-II breeds pairs
+            raise UserError(
+                f"{where}: the nsga2 sampler needs population_size >= 2, "
+                f"got {self.population_size!r}"
+            )
         if not isinstance(self.seed, int) or self.seed < 0:
             raise UserError(f"{where}: seed must be an integer >= 0, got {self.seed!r}")
 
@@ -60,9 +65,26 @@ class StudyConfig:
         """The run folder's name: the study's, or ``<space>_<budget>`` for another budget."""
         if self.budget == default_budget:
             return self.name
-        return (
-            f"{Path(self.search_space).stem}_{format_madds(self.budget).lower().replace('.', 'p')}"
-        )
+        label = exact_madds_label(self.budget).lower().replace(".", "p")  # exact: no collisions
+        return f"{Path(self.search_space).stem}_{label}"
+
+    def changes_from(self, stored: StudyConfig) -> list[str]:
+        """What this run asks for that differs from the ``stored`` study, one line per field,
+        so a resume can refuse them; only more ``trials`` (and ``description``) may change."""
+        changes = []
+        for f in fields(self):
+            old, new = getattr(stored, f.name), getattr(self, f.name)
+            if old == new or f.name == "description" or (f.name == "trials" and new > old):
+                continue
+            if f.name == "budget":
+                old, new = (f"{exact_madds_label(v)} ({v:,})" for v in (old, new))
+            else:
+                old, new = repr(old), repr(new)
+            line = f"{f.name}: the study has {old}, this run asks for {new}"
+            if f.name == "trials":
+                line += " (a resume may only raise it)"
+            changes.append(line)
+        return changes
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

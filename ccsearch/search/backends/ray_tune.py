@@ -1,0 +1,331 @@
+"""The Ray Tune backend (``ccsearch run --backend ray``): Ray trains, the driver records.
+
+Ray's model is that trials report to the driver; so here the driver alone opens the
+study's storage:
+
+- a Tune ``Searcher`` on the driver asks the study's own sampler for an architecture and
+  runs the trial's checks (MADDs, budget, claim) there: only candidates that train become
+  Ray trials, and over-budget ones cost no Ray trial at all;
+- a Ray trial trains the candidate it is given (its spec and seed) on the proxy data it
+  gets from Ray's object store, and reports each epoch and its final result;
+- a Tune ``Stopper`` on the driver records each epoch and re-checks the claim; Ray's ASHA
+  scheduler stops candidates whose per-epoch accuracy falls behind (the study's pruner is
+  not used), and ``FailureConfig`` retries a trial whose worker died.
+
+So any storage works with ``--address``, and no worker node needs the run folder or the
+data.  ``--resume`` starts a new Tuner on the same study rather than restoring Ray's
+experiment folder: the storage is the source of truth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ccsearch.arch import ArchSpec
+from ccsearch.data import ProxyData
+from ccsearch.errors import UserError
+from ccsearch.search import policy
+from ccsearch.search.backends import Progress
+from ccsearch.search.objective import Candidate, Evaluator
+from ccsearch.search.pruners import NoPruner
+from ccsearch.search.record import Status, this_process
+from ccsearch.search.recovery import Heartbeat, ask, reap
+from ccsearch.search.run import MAX_TRIALS_FACTOR, SearchRun
+from ccsearch.train import TrainResult, get_proxy
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None  # None: start Ray on this machine; "auto" or HOST:PORT: join
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    max_failures: int = 2  # retries of a trial whose worker process died
+
+    def __post_init__(self) -> None:
+        if self.cpus_per_trial <= 0:
+            raise UserError(f"--cpus-per-trial must be > 0, got {self.cpus_per_trial:g}")
+        if self.gpus_per_trial is not None and not 0 <= self.gpus_per_trial <= 1:
+            raise UserError(
+                f"--gpus-per-trial must be between 0 and 1 (a trial trains on one device; "
+                f"fractions share a GPU), got {self.gpus_per_trial:g}"
+            )
+
+
+def ray_trial(config: dict, *, proxy_data: ProxyData, proxy_name: str, device: str,
+              threads: int) -> None:
+    """One Ray trial: train the candidate the driver sent; report, never touch the storage."""
+    import torch
+    from ray import tune
+
+    from ccsearch.train import train_candidate
+
+    torch.set_num_threads(threads)
+    proxy = get_proxy(proxy_name)
+    spec = ArchSpec.from_dict(config["spec"])
+    worker = this_process()
+
+    def on_epoch(epoch: int, top1: float) -> bool:
+        if epoch < proxy.epochs:  # the last epoch comes with the final result
+            tune.report({"epoch": epoch, "epoch_top1": top1, "worker": worker})
+        return False
+
+    result = train_candidate(spec, proxy, proxy_data, device, on_epoch, seed=config["seed"])
+    tune.report({"epoch": max(1, result.epochs), "epoch_top1": result.top1 or 0.0,
+                 "worker": worker, "train_result": json.dumps(result.to_dict())})  # not flattened
+
+
+class _Driver:
+    """What the searcher, the stopper and the progress callback share on the driver."""
+
+    def __init__(self, search: SearchRun, evaluator: Evaluator, progress: Progress | None):
+        self.search = search
+        self.evaluator = evaluator
+        self.progress = progress
+        self.heartbeat = Heartbeat(search.study, search.storage)
+        self.candidates: dict[str, Candidate] = {}  # Ray trial id -> its claimed trial
+        self.finished = False
+
+    def __getstate__(self) -> dict:
+        # Tune pickles its configuration for ``Tuner.restore``, which ccsearch does not
+        # use (the storage is the checkpoint): nothing of the live state goes along.
+        return {}
+
+    def suggest(self) -> dict | None | str:
+        """The next candidate to train, None to ask again later, or "finished"."""
+        wanted = self.search.config.trials
+        while True:
+            reap(self.search.study)
+            records = self.search.records()
+            self._progress(records)
+            if policy.done(records, wanted) or self.search.exhausted(records):
+                self.finished = True
+                return "finished"
+            if policy.slots_full(records, wanted):
+                return None  # the last candidates are training: ask again later
+            trial = ask(self.search.study)
+            self.heartbeat.add(trial.number)
+            candidate = self.evaluator.start(trial)
+            if candidate is not None:
+                return {"candidate": candidate}
+            self.heartbeat.discard(trial.number)
+
+    def end(self, candidate: Candidate, result: dict | None, error: bool) -> None:
+        """Record how a Ray trial ended: its final report, an error, or a stop."""
+        result = result or {}
+        if "train_result" in result:
+            self.evaluator.finish(candidate, TrainResult(**json.loads(result["train_result"])))
+        elif error:
+            self.evaluator.fail(candidate, "its Ray trial failed (see the Ray logs of this run)")
+        elif candidate.stop is None and not candidate.record.curve:
+            self.evaluator.interrupt(candidate, "Ray stopped it before its first epoch")
+        else:  # stopped after an epoch: by the claim check (stopper) or by ASHA
+            if candidate.stop is None:
+                epochs = len(candidate.record.curve)
+                candidate.stop = policy.Verdict(Status.PRUNED, f"ASHA stopped it after epoch {epochs}")
+            curve = candidate.record.curve
+            self.evaluator.finish(candidate, TrainResult(
+                status="pruned", top1=curve[-1], curve=curve, epochs=len(curve),
+                wall_time=result.get("time_total_s", 0.0), device=candidate.record.device))
+        self.heartbeat.discard(candidate.record.number)
+        self._progress(self.search.records())
+
+    def interrupt_all(self, reason: str) -> None:
+        for candidate in self.candidates.values():
+            with contextlib.suppress(Exception):  # the storage may be what failed
+                self.evaluator.interrupt(candidate, reason)
+        self.candidates.clear()
+
+    def _progress(self, records) -> None:
+        if self.progress is not None:
+            self.progress(records)
+
+
+def _tune_classes():
+    """Built on first use, so importing ccsearch does not import Ray."""
+    from ray.tune import Stopper
+    from ray.tune.search import Searcher
+
+    class StudySearcher(Searcher):
+        """Tune's searcher over the Optuna study (instead of Tune's ``OptunaSearch``,
+        which cannot run ccsearch's checks before a trial starts)."""
+
+        def __init__(self, driver: _Driver) -> None:
+            super().__init__()
+            self.driver = driver
+
+        def suggest(self, trial_id: str):
+            got = self.driver.suggest()
+            if got == "finished":
+                return Searcher.FINISHED
+            if got is None:
+                return None
+            candidate = got["candidate"]
+            self.driver.candidates[trial_id] = candidate
+            return {"spec": candidate.record.spec, "seed": candidate.record.seed,
+                    "trial": candidate.record.number}
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+            candidate = self.driver.candidates.pop(trial_id, None)
+            if candidate is not None:
+                self.driver.end(candidate, result, error)
+
+        def save(self, checkpoint_path: str) -> None:  # the Optuna storage is the checkpoint
+            pass
+
+        def restore(self, checkpoint_path: str) -> None:
+            pass
+
+    class ClaimStopper(Stopper):
+        """Records each epoch on the driver and stops a trial that lost its claim."""
+
+        def __init__(self, driver: _Driver) -> None:
+            self.driver = driver
+
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            candidate = self.driver.candidates.get(trial_id)
+            if candidate is None or "train_result" in result:
+                return False
+            candidate.record.worker = result.get("worker", candidate.record.worker)
+            return self.driver.evaluator.after_epoch(
+                candidate, int(result["epoch"]), float(result["epoch_top1"])
+            )
+
+        def stop_all(self) -> bool:
+            return False
+
+    return StudySearcher, ClaimStopper
+
+
+@contextlib.contextmanager
+def _tune_environment() -> Iterator[None]:
+    """Tune's switches for this run only: Ctrl-C raises KeyboardInterrupt (Tune's own
+    handler would end the run quietly, and the CLI must exit 130), and no per-trial
+    CSV/JSON/TensorBoard logs (the records are in the study)."""
+    switches = {"TUNE_DISABLE_SIGINT_HANDLER": "1", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+                "RAY_AIR_NEW_OUTPUT": "0"}
+    saved = {k: os.environ.get(k) for k in switches}
+    os.environ.update(switches)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@dataclass
+class RayTune:
+    proxy_data: ProxyData
+    options: RayOptions = RayOptions()
+    device: str = "auto"
+
+    def run(self, search: SearchRun, progress: Progress | None = None) -> None:
+        import ray
+        from ray import tune
+        from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+        config = search.config
+        _start_ray(self.options.address)
+        try:
+            gpus, fits = self._resources(ray.cluster_resources())
+            if self.device.startswith("cuda") and gpus == 0:
+                raise UserError(
+                    f"--device {self.device} needs --gpus-per-trial > 0 (Ray hides GPUs otherwise)"
+                )
+            # Ray shows a trial only the GPU it assigned, as cuda:0.
+            trial_device = "cpu" if gpus == 0 or self.device == "cpu" else "cuda"
+            proxy = get_proxy(config.proxy)
+            measured_on = {"proxy": proxy.name, "data": self.proxy_data.description,
+                           "smoke_test": self.proxy_data.is_smoke_test, "device": trial_device}
+            evaluator = Evaluator(config, search.space, NoPruner(), proxy.epochs, measured_on,
+                                  sampler_seed=search.sampler_seed)
+            driver = _Driver(search, evaluator, progress)
+            searcher_class, stopper_class = _tune_classes()
+            if config.pruner == "none":
+                scheduler = FIFOScheduler()
+            else:  # ASHA on the per-epoch accuracy, rungs at epochs 1, 2, 4, ...
+                scheduler = ASHAScheduler(time_attr="epoch", metric="epoch_top1", mode="max",
+                                          max_t=max(2, proxy.epochs), grace_period=1,
+                                          reduction_factor=2, stop_last_trials=False)
+            trainable = tune.with_resources(
+                tune.with_parameters(ray_trial, proxy_data=self.proxy_data, proxy_name=config.proxy,
+                                     device=trial_device,
+                                     threads=max(1, int(self.options.cpus_per_trial))),
+                {"cpu": self.options.cpus_per_trial, "gpu": gpus},
+            )
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher_class(driver),
+                    scheduler=scheduler,
+                    num_samples=MAX_TRIALS_FACTOR * config.trials,
+                    max_concurrent_trials=max(1, min(fits, config.trials)),
+                    reuse_actors=True,  # no new worker process (and torch import) per trial
+                ),
+                run_config=tune.RunConfig(
+                    name=config.name,
+                    storage_path=str(_ray_folder(search)),
+                    failure_config=tune.FailureConfig(max_failures=self.options.max_failures),
+                    stop=stopper_class(driver),
+                    verbose=0,
+                ),
+            )
+            # Tune warns about the per-trial result files switched off above.
+            logging.getLogger("ray.tune").setLevel(logging.ERROR)
+            try:
+                with _tune_environment(), driver.heartbeat:
+                    tuner.fit()
+            except BaseException:
+                driver.interrupt_all("stopped by Ctrl-C")
+                raise
+            driver.interrupt_all("the Ray run ended before it finished")
+        finally:
+            ray.shutdown()  # stops the Ray this run started; only disconnects from a cluster
+
+    def _resources(self, resources: dict) -> tuple[float, int]:
+        """GPUs per trial and how many trials fit at once, checked against the cluster."""
+        have_gpus, have_cpus = resources.get("GPU", 0), resources.get("CPU", 0)
+        gpus = self.options.gpus_per_trial
+        if gpus is None:
+            gpus = 1.0 if have_gpus > 0 else 0.0
+        if gpus > have_gpus:
+            raise UserError(f"--gpus-per-trial {gpus:g}: the Ray cluster has {have_gpus:g} GPUs")
+        if self.options.cpus_per_trial > have_cpus:
+            raise UserError(
+                f"--cpus-per-trial {self.options.cpus_per_trial:g}: the Ray cluster has "
+                f"{have_cpus:g} CPUs"
+            )
+        fits = int(have_cpus // self.options.cpus_per_trial)
+        if gpus > 0:
+            fits = min(fits, int(have_gpus // gpus))
+        return gpus, fits
+
+
+def _start_ray(address: str | None) -> None:
+    """Start Ray here (dashboard off: its job API has no authentication), or join one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    try:
+        if address is None:
+            ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        else:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        where = "start a local Ray instance" if address is None else f"join the Ray cluster at {address!r}"
+        raise UserError(f"cannot {where}: {str(err).splitlines()[0]}") from None
+
+
+def _ray_folder(search: SearchRun) -> Path:
+    if search.out is not None:
+        return (search.out / "ray").resolve()
+    return Path("~/ray_results").expanduser()

@@ -1,0 +1,77 @@
+"""``n`` ``ccsearch worker`` processes on this machine, all on the study's storage.
+
+Each worker is an in-process backend of its own (one thread each); this process only
+watches the study.  Worker ``i`` gets entry ``i % k`` of this process's
+``CUDA_VISIBLE_DEVICES`` (indices or GPU/MIG UUIDs), or GPU ``i % k`` of the ``k`` it sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from ccsearch.errors import UserError
+from ccsearch.search.backends import Progress
+from ccsearch.search.run import SearchRun
+
+STORAGE_ENV = "CCSEARCH_STORAGE"  # where ``ccsearch worker`` finds the storage URL by default
+WATCH = 2.0  # seconds between looks at the study for the progress bar
+
+
+def worker_devices(n: int, visible: str | None, gpus: int) -> list[str | None]:
+    """The ``CUDA_VISIBLE_DEVICES`` of each of ``n`` workers (None: leave it as it is)."""
+    if visible is not None:
+        entries = [e.strip() for e in visible.split(",") if e.strip()]
+        return [entries[i % len(entries)] if entries else visible for i in range(n)]
+    return [str(i % gpus) if gpus else None for i in range(n)]
+
+
+@dataclass
+class WorkerProcesses:
+    n: int
+    data: str | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise UserError(f"--workers must be >= 1, got {self.n}")
+
+    def run(self, search: SearchRun, progress: Progress | None = None) -> None:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // self.n)
+        gpus = torch.cuda.device_count() if self.device in ("auto", "cuda") else 0
+        devices = worker_devices(self.n, os.environ.get("CUDA_VISIBLE_DEVICES"), gpus)
+        procs = []
+        for visible in devices:
+            # The URL goes by environment, not argv: other users can read a process's argv.
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads), STORAGE_ENV: search.storage_url}
+            if visible is not None:
+                env["CUDA_VISIBLE_DEVICES"] = visible
+            cmd = [sys.executable, "-m", "ccsearch.cli", "worker", "--study",
+                   search.config.name, "--device", self.device, "--quiet"]
+            if self.data:
+                cmd += ["--data", self.data]
+            procs.append(subprocess.Popen(cmd, env=env))
+        try:
+            while running := [p for p in procs if p.poll() is None]:
+                if progress is not None:
+                    progress(search.records())
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    running[0].wait(timeout=WATCH)
+        finally:
+            for p in procs:  # Ctrl-C reaches the workers too; they record their trial
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.terminate()
+            if progress is not None:
+                progress(search.records())
+        bad = [p.returncode for p in procs if p.returncode not in (0, None)]
+        if bad:
+            raise UserError(
+                f"{len(bad)} worker process(es) failed (exit codes {bad}); see their messages above"
+            )

@@ -1,0 +1,194 @@
+"""A search run's lifecycle: create, resume or join a study, and ``finalize`` its files.
+
+The study, its configuration and every trial's record live in the Optuna storage, so any
+process that can reach the storage can join, and results, dashboards and export need
+nothing else.  A run folder (``runs/<study>/``) holds the default SQLite storage,
+``study.yaml`` and what ``finalize`` writes: ``results.csv``, ``pareto.html`` and
+``best_arch.json``, for the CLI and the Python API alike.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import shutil
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import yaml
+
+from ccsearch.errors import UserError
+from ccsearch.search import record as rec
+from ccsearch.search.recovery import reap, recover
+from ccsearch.search.space import SearchSpace
+from ccsearch.search.storage import open_storage, shown_url
+from ccsearch.search.study import StudyConfig
+
+MAX_TRIALS_FACTOR = 20  # stop after this many samples per wanted trial (mostly infeasible space)
+METRICS = ["proxy top-1", "MADDs"]  # the study's two objectives, as optuna-dashboard shows them
+
+
+@dataclass
+class SearchRun:
+    study: optuna.Study
+    storage: optuna.storages.BaseStorage
+    config: StudyConfig
+    space: SearchSpace
+    storage_url: str
+    out: Path | None = None  # the run folder; None for a worker that joined from the storage
+    sampler_seed: int = 0  # the stream of this process's sampler (recorded on its trials)
+
+    def records(self) -> list[rec.TrialRecord]:
+        return rec.read_all(self.study)
+
+    def exhausted(self, records: list[rec.TrialRecord]) -> bool:
+        """No point sampling more: too many samples, or the whole grid was tried."""
+        if len(records) >= MAX_TRIALS_FACTOR * self.config.trials:
+            return True
+        if self.config.sampler == "grid":
+            size = math.prod(len(c) for c in self.space.grid().values())
+            waiting = sum(r.state == optuna.trial.TrialState.WAITING for r in records)
+            return len(records) - waiting >= size and not waiting
+        return False
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    results: Path
+    pareto: Path
+    best: Path | None  # None while nothing is on the front
+    table: pd.DataFrame
+    front: pd.DataFrame
+    top: pd.Series | None  # the front's row that best_arch.json holds
+
+
+def default_storage(out: Path) -> str:
+    return f"sqlite:///{(out / 'study.db').resolve()}"
+
+
+def space_dict(space: SearchSpace) -> dict:
+    data = asdict(space)
+    data.pop("source", None)  # where the file was is not what the space is
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+
+def create(config: StudyConfig, out: Path, storage_url: str | None = None, data: str = "") -> SearchRun:
+    """A new study and its run folder; ``data`` describes the proxy data (kept for resume)."""
+    storage_url = storage_url or default_storage(out)
+    if (out / "study.db").exists() or (out / "study.yaml").exists():
+        raise UserError(f"{out} already holds a study: pass --resume to continue it, or --out DIR")
+    existed = out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        storage = open_storage(storage_url, on_stale=recover)
+        space = config.space()
+        study = optuna.create_study(
+            study_name=config.name,
+            storage=storage,
+            sampler=config.make_sampler(space),
+            directions=["maximize", "minimize"],
+        )
+        study.set_metric_names(METRICS)
+        study.set_user_attr("config", config.to_dict())
+        study.set_user_attr("space", space_dict(space))
+        study.set_user_attr("data", data)
+        shown = {"study": config.to_dict(), "search_space": space_dict(space), "data": data,
+                 "storage": shown_url(storage_url)}
+        (out / "study.yaml").write_text(yaml.safe_dump(shown, sort_keys=False))
+    except optuna.exceptions.DuplicatedStudyError:
+        _remove_if_new(out, existed)
+        raise UserError(
+            f"study {config.name!r} already exists in {shown_url(storage_url)}: pass --resume"
+        ) from None
+    except BaseException:
+        _remove_if_new(out, existed)  # nothing half-written is left behind
+        raise
+    return SearchRun(study, storage, config, space, storage_url, out)
+
+
+def resume(
+    config: StudyConfig,
+    out: Path,
+    storage_url: str | None = None,
+    *,
+    data: str | None = None,
+    keep_trials: bool = False,
+) -> tuple[SearchRun, list[int]]:
+    """Reopen a study to go on with it: the run and the trials queued for a retry.
+
+    The configuration must be the study's own (one proxy, budget and space per front):
+    only a larger ``trials`` is taken.  ``keep_trials`` keeps the study's ``trials``."""
+    storage_url = storage_url or default_storage(out)
+    if storage_url == default_storage(out) and not (out / "study.db").exists():
+        raise UserError(f"nothing to resume: {out / 'study.db'} does not exist")
+    storage = open_storage(storage_url, on_stale=recover)
+    try:
+        study = optuna.load_study(study_name=config.name, storage=storage)
+    except KeyError:
+        raise UserError(
+            f"no study named {config.name!r} in {shown_url(storage_url)} to resume"
+        ) from None
+    stored = StudyConfig(**study.user_attrs["config"])
+    if keep_trials:
+        config = replace(config, trials=stored.trials)
+    changes = config.changes_from(stored)
+    if space_dict(config.space()) != study.user_attrs["space"]:
+        changes.append(f"search space: {config.search_space} is not the space the study searches")
+    if data is not None and data != study.user_attrs.get("data", data):
+        changes.append(f"data: the study has {study.user_attrs['data']!r}, this run asks for {data!r}")
+    if changes:
+        raise UserError("--resume cannot change the study: " + "; ".join(changes))
+    study.set_user_attr("config", config.to_dict())  # what workers and Ray trials read
+    run = _joined(study, storage, config, storage_url, out)
+    reap(study)  # only trials whose process is gone: live workers keep theirs
+    waiting = [r.number for r in run.records() if r.state == optuna.trial.TrialState.WAITING]
+    return run, waiting
+
+
+def join(storage_url: str, study_name: str) -> SearchRun:
+    """Open an existing study from its storage alone (what ``ccsearch worker`` does)."""
+    storage = open_storage(storage_url, on_stale=recover)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise UserError(
+            f"no study {study_name!r} in {shown_url(storage_url)}; studies there: {names}"
+        ) from None
+    return _joined(study, storage, StudyConfig(**study.user_attrs["config"]), storage_url, None)
+
+
+def _joined(study, storage, config: StudyConfig, storage_url: str, out: Path | None) -> SearchRun:
+    """A process joining a study with trials: its sampler gets a stream of its own, drawn
+    at random (process ids repeat across containers) and recorded on its trials."""
+    space = SearchSpace(**study.user_attrs["space"])
+    stream = secrets.randbelow(2**31 - 1) + 1
+    study.sampler = config.make_sampler(space, stream=stream)
+    return SearchRun(study, storage, config, space, storage_url, out, sampler_seed=stream)
+
+
+def finalize(run: SearchRun) -> RunFiles | None:
+    """Write ``results.csv``, ``pareto.html`` and ``best_arch.json`` into the run folder."""
+    from ccsearch.results import best_on_front, pareto_front, trials_table
+    from ccsearch.run_report import atomic_write, write_best_arch, write_pareto_page
+
+    if run.out is None:
+        return None
+    table = trials_table(run.study)
+    front = pareto_front(table)
+    results = run.out / "results.csv"
+    atomic_write(results, table.to_csv(index=False))
+    pareto = write_pareto_page(table, front, run.config.budget,
+                               f"{run.config.name}: proxy top-1 vs MADDs", run.out / "pareto.html")
+    top = best_on_front(front)
+    best = None
+    if top is not None:
+        best = write_best_arch(run.study, top, run.out / "best_arch.json")
+    return RunFiles(results, pareto, best, table, front, top)
+
+
+def _remove_if_new(out: Path, existed: bool) -> None:
+    if not existed:
+        shutil.rmtree(out, ignore_errors=True)

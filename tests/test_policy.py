@@ -1,0 +1,249 @@
+"""The claim policy, retries and pruning peers, driven step by step without training.
+
+The trial steps (``Evaluator.begin/claim/after_epoch/finish``) run on a real Optuna
+storage; a schedule decides which trial takes its next step, so checks arrive in any
+order, as they do from Ray trials and worker processes.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+
+import optuna
+import pytest
+from _study import THREE_ARCHITECTURES, write_tiny_study
+
+from ccsearch.search import policy
+from ccsearch.search import record as rec
+from ccsearch.search import run as search_run
+from ccsearch.search.backends import InProcess
+from ccsearch.search.objective import Evaluator
+from ccsearch.search.pruners import MedianPruner, NoPruner, SuccessiveHalvingPruner, finished_curves
+from ccsearch.search.record import Stage, Status, TrialRecord, TrialState
+from ccsearch.search.recovery import reap, recover, retry
+from ccsearch.search.study import load_study_config
+from ccsearch.train import TrainResult
+
+EPOCHS = 2
+
+
+def fake_result(curve: list[float]) -> TrainResult:
+    return TrainResult(status="ok", top1=curve[-1], curve=curve, losses=[1.0] * len(curve),
+                       epochs=len(curve), wall_time=0.01, device="cpu")
+
+
+def fake_trainer(spec, seed, on_epoch):
+    """Trains nothing: an accuracy from the architecture's digest, one per epoch."""
+    top1 = 50.0 + (hash(spec.to_json()) % 400) / 10
+    curve = []
+    for epoch in range(1, EPOCHS + 1):
+        curve.append(top1)
+        if on_epoch(epoch, top1):
+            return TrainResult(status="pruned", top1=top1, curve=curve, epochs=epoch)
+    return fake_result(curve)
+
+
+def make_run(tmp_path, trials: int, space: str = THREE_ARCHITECTURES, sampler: str = "random"):
+    files = write_tiny_study(tmp_path, trials=trials, sampler=sampler, space=space,
+                             budget="44M" if space == THREE_ARCHITECTURES else "42M")
+    config = load_study_config(files / "study.yaml")
+    return search_run.create(config, tmp_path / "run")
+
+
+def evaluator(search, pruner=None) -> Evaluator:
+    return Evaluator(search.config, search.space, pruner or NoPruner(), EPOCHS,
+                     {"proxy": "fake", "data": "none", "device": "cpu"})
+
+
+def steps(ev: Evaluator, trial: optuna.Trial):
+    """One trial as a generator: each ``yield`` is a point where others may act."""
+    c = ev.begin(trial)
+    yield
+    if not ev.claim(c):
+        return
+    curve = []
+    for epoch in range(1, EPOCHS + 1):
+        yield
+        curve.append(60.0 + epoch)
+        if ev.after_epoch(c, epoch, curve[-1]):
+            break
+    yield
+    ev.finish(c, fake_result(curve))
+
+
+def trained(study) -> list[TrialRecord]:
+    return [r for r in rec.read_all(study) if r.trained]
+
+
+@pytest.mark.parametrize("schedule", range(24))
+def test_out_of_order_claims_never_train_more_than_wanted_or_twice(tmp_path, schedule):
+    """8 trials near the end of a study that wants 2, stepped in a random order: the
+    checks of later trials run before earlier ones have claimed, and the reverse."""
+    search = make_run(tmp_path, trials=2)
+    ev = evaluator(search)
+    rng = random.Random(schedule)
+    trials = [rec_ask(search) for _ in range(8)]
+    if schedule % 2:
+        trials.reverse()  # the highest numbers check first
+    live = [steps(ev, t) for t in trials]
+    while live:
+        step = rng.choice(live)
+        try:
+            next(step)
+        except StopIteration:
+            live.remove(step)
+    done = trained(search.study)
+    assert len(done) <= 2
+    assert len({r.digest for r in done}) == len(done), "no architecture trained twice"
+    assert not [r for r in rec.read_all(search.study) if r.state == TrialState.RUNNING]
+    # The study then completes with exactly 2, whatever the interleaving left.
+    InProcess(trainer=fake_trainer).run(search)
+    done = trained(search.study)
+    assert len(done) == 2 and len({r.digest for r in done}) == 2
+
+
+def rec_ask(search) -> optuna.Trial:
+    from ccsearch.search.recovery import ask
+
+    return ask(search.study)
+
+
+def test_a_higher_trial_that_checked_first_backs_off_when_a_lower_one_claims(tmp_path):
+    search = make_run(tmp_path, trials=1)
+    ev = evaluator(search)
+    low, high = rec_ask(search), rec_ask(search)
+    c_low, c_high = ev.begin(low), ev.begin(high)
+    assert ev.claim(c_high)  # sees nothing yet: trains
+    assert ev.claim(c_low)  # the lower number wins the slot
+    assert ev.after_epoch(c_high, 1, 50.0), "the higher one backs off at its next epoch"
+    assert c_high.stop.status == Status.BACKED_OFF
+    ev.finish(c_high, fake_result([50.0]))
+    assert not ev.after_epoch(c_low, 1, 60.0)
+    ev.finish(c_low, fake_result([60.0, 61.0]))
+    records = rec.read_all(search.study)
+    assert [r.status for r in records] == [Status.OK, Status.BACKED_OFF]
+    assert records[1].state == TrialState.PRUNED
+
+
+def test_a_committing_trial_wins_over_a_lower_one_that_claims_later(tmp_path):
+    """The commit check: once a trial writes COMMITTING and reads nothing ahead, a lower
+    trial claiming after it must back off, or both would count."""
+    search = make_run(tmp_path, trials=1)
+    ev = evaluator(search)
+    low, high = rec_ask(search), rec_ask(search)
+    c_low, c_high = ev.begin(low), ev.begin(high)
+    assert ev.claim(c_high)
+    c_high.record.stage = Stage.COMMITTING
+    rec.write(high, c_high.record)
+    assert not ev.claim(c_low)
+    assert rec.read(search.study.trials[low.number]).status == Status.BACKED_OFF
+
+
+def test_policy_check_table():
+    def r(number, **kw) -> TrialRecord:
+        return TrialRecord(number=number, digest=kw.pop("digest", f"d{number}"), **kw)
+
+    training = {"stage": Stage.TRAINING}
+    records = [r(0, status=Status.OK), r(1, **training), r(2, **training), r(3, **training)]
+    assert policy.check(2, "d2", records, wanted=3) is policy.GO  # 0 trained, 1 lower
+    assert policy.check(3, "d3", records, wanted=3).status == Status.BACKED_OFF
+    assert policy.check(3, "d0", records, wanted=9).status == Status.DUPLICATE
+    assert policy.check(3, "d1", records, wanted=9).status == Status.BACKED_OFF  # twin training
+    assert policy.check(0, "d9", [r(1, stage=Stage.COMMITTING)], wanted=1).status == Status.BACKED_OFF
+    assert policy.check(0, "d9", [r(1, state=TrialState.FAIL, stage=Stage.TRAINING)], 1) is policy.GO
+
+
+def test_a_retry_starts_clean_and_is_made_once(tmp_path):
+    search = make_run(tmp_path, trials=3, space="")
+    ev = evaluator(search)
+    c = ev.start(rec_ask(search))
+    ev.after_epoch(c, 1, 40.0)
+    ev.interrupt(c, "stopped by Ctrl-C")  # queues the retry
+    study = search.study
+    assert not retry(study, study.trials[c.record.number]), "an interrupted trial is retried once"
+    (waiting,) = [t for t in study.trials if t.state == TrialState.WAITING]
+    assert waiting.params == study.trials[c.record.number].params
+    assert rec.KEY not in waiting.user_attrs, "no status, stage or curve inherited"
+    assert waiting.system_attrs["retry_of"] == c.record.number
+    # The retry is interrupted too: retried once more (a chain of two), then never again.
+    c2 = ev.start(rec_ask(search))
+    assert c2.record.number == waiting.number and c2.record.curve == []
+    ev.interrupt(c2, "stopped by Ctrl-C")
+    c3 = ev.start(rec_ask(search))
+    ev.interrupt(c3, "stopped by Ctrl-C")
+    assert not [t for t in study.trials if t.state == TrialState.WAITING], "chains end"
+    reap(study)  # a later resume retries nothing again
+    assert not [t for t in study.trials if t.state == TrialState.WAITING]
+
+
+def test_a_trial_that_died_after_recording_its_result_is_kept_not_retrained(tmp_path):
+    search = make_run(tmp_path, trials=3, space="")
+    ev = evaluator(search)
+    c = ev.start(rec_ask(search))
+    c.record.status, c.record.top1, c.record.curve = Status.OK, 77.0, [70.0, 77.0]
+    rec.write(c.trial, c.record)  # ...and the process dies before telling Optuna
+    study = search.study
+    study.tell(c.record.number, state=TrialState.FAIL)
+    recover(study, study.trials[c.record.number])
+    records = rec.read_all(study)
+    assert records[0].status == Status.INTERRUPTED
+    assert records[1].status == Status.OK and study.trials[1].values == [77.0, records[1].madds]
+    assert not [t for t in study.trials if t.state == TrialState.WAITING]
+
+
+def test_resume_keeps_live_trials_and_fails_dead_ones(tmp_path):
+    """A trial held by a live process (here: this one) survives ``--resume``; one whose
+    process is gone is failed and retried."""
+    search = make_run(tmp_path, trials=3, space="")
+    ev = evaluator(search)
+    live = ev.start(rec_ask(search))
+    dead = ev.start(rec_ask(search))
+    dead.record.owner = f"{rec.this_process().rsplit(':', 1)[0]}:999999999"
+    rec.write(dead.trial, dead.record)
+    resumed, waiting = search_run.resume(search.config, tmp_path / "run")
+    states = [t.state for t in resumed.study.trials]
+    assert states[live.record.number] == TrialState.RUNNING
+    assert states[dead.record.number] == TrialState.FAIL and len(waiting) == 1
+    ev.finish(live, fake_result([50.0, 51.0]))  # the live trial still records its result
+    assert resumed.study.trials[live.record.number].state == TrialState.COMPLETE
+
+
+def test_pruner_peers_are_finished_trials_only():
+    ok = TrialRecord(number=0, status=Status.OK, curve=[50.0, 60.0])
+    partial = [TrialRecord(number=i, status=s, curve=[90.0])
+               for i, s in enumerate([None, Status.PRUNED, Status.INTERRUPTED, Status.FAILED], 1)]
+    peers = finished_curves([ok, *partial])
+    assert peers == [[50.0, 60.0]]
+    assert not MedianPruner(startup=2).should_prune(1, 10.0, 2, peers), "startup counts finished only"
+    assert MedianPruner(startup=1).should_prune(1, 40.0, 2, peers)
+    assert not MedianPruner(startup=1).should_prune(2, 40.0, 2, peers), "never at the last epoch"
+    assert SuccessiveHalvingPruner(startup=1).should_prune(1, 40.0, 4, [[50.0], [60.0]])
+
+
+def test_the_optuna_backend_prunes_with_the_median_rule(tmp_path):
+    files = write_tiny_study(tmp_path, pruner="median", trials=6)
+    config = load_study_config(files / "study.yaml")
+    search = search_run.create(config, tmp_path / "run")
+    accuracy = iter([80.0, 70.0, 30.0, 90.0, 20.0, 85.0] + [50.0] * 60)
+
+    def trainer(spec, seed, on_epoch):  # the first architectures score high, later ones low
+        top1, curve = next(accuracy), []
+        for epoch in range(1, EPOCHS + 1):
+            curve.append(top1)
+            if on_epoch(epoch, top1):
+                return TrainResult(status="pruned", top1=top1, curve=curve, epochs=epoch)
+        return fake_result(curve)
+
+    config_startup = search.config.startup_trials
+    InProcess(trainer=trainer).run(search)
+    records = rec.read_all(search.study)
+    pruned = [r for r in records if r.status == Status.PRUNED]
+    finished = [r for r in records if r.status == Status.OK]
+    assert pruned, "a candidate below the median of finished peers was pruned"
+    for r in pruned:
+        peers = [p for p in finished if p.number < r.number]
+        assert len(peers) >= config_startup
+        assert r.curve[0] < statistics.median(p.curve[0] for p in peers)
+        assert r.state == TrialState.PRUNED and len(r.curve) == 1
+    assert len([r for r in records if r.trained]) == 6

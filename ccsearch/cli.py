@@ -238,6 +238,13 @@ def _progress(config, label: str, what: str, quiet: bool):
     return bar, update
 
 
+def _quiet_optuna() -> None:
+    """The CLI shows its own lines: Optuna's INFO logs ("A new study created...") go."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
@@ -248,6 +255,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ccsearch.search.study import load_study_config
     from ccsearch.train import get_proxy, load_proxy_data
 
+    _quiet_optuna()
     base = load_study_config(args.study)
     config = base.with_overrides(budget=args.budget, trials=args.trials, proxy=args.proxy, seed=args.seed)
     config = replace(config, name=args.name or config.run_name(base.budget))
@@ -323,6 +331,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from ccsearch.search import backends, run
     from ccsearch.search.backends.workers import STORAGE_ENV
 
+    _quiet_optuna()
     storage = args.storage or os.environ.get(STORAGE_ENV)
     if not storage:
         raise UserError(f"ccsearch worker needs --storage URL (or {STORAGE_ENV} in the environment)")

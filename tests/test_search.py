@@ -13,14 +13,23 @@ import optuna
 import pandas as pd
 import pytest
 from _postgres import postgres_server
-from _study import BUDGET, assert_study_sound, cli_argv, load
+from _study import (
+    BUDGET,
+    THREE_ARCHITECTURES,
+    assert_study_sound,
+    cli_argv,
+    load,
+    training,
+    write_tiny_study,
+)
 
 from ccsearch.arch import ArchSpec
 from ccsearch.cli import main
 from ccsearch.errors import UserError
 from ccsearch.madds import count_madds
 from ccsearch.search import load_search_space, load_study_config
-from ccsearch.search.objective import EVALUATED
+from ccsearch.search import run as search_run
+from ccsearch.search.record import Status, TrialState, read, read_all
 
 
 def test_space_sampling_builds_the_chosen_specs():
@@ -92,11 +101,14 @@ def test_run_optuna_backend_records_everything(study_files, capsys):
     assert "plotly" in page and f"Pareto front ({len(set(ok[ok.trial.isin(front)].digest))})" in page
     assert f"dashboard: {out / 'pareto.html'}" in text
     if front:  # the most accurate front member, as a spec that counts to its recorded MADDs
-        best = max(front, key=lambda n: (study.trials[n].user_attrs["top1"], -study.trials[n].user_attrs["madds"]))
+        records = read_all(study)
+        best = max(front, key=lambda n: (records[n].top1, -records[n].madds))
         spec = ArchSpec.load(out / "best_arch.json")
-        assert spec.to_dict() == study.trials[best].user_attrs["spec"]
-        assert count_madds(spec).madds == study.trials[best].user_attrs["madds"]
+        assert spec.to_dict() == records[best].spec
+        assert count_madds(spec).madds == records[best].madds
         assert f"best:      {out / 'best_arch.json'}  (trial {best}," in text
+        assert f"--seed {records[best].seed}" in text
+    assert study.metric_names == ["proxy top-1", "MADDs"], "named for optuna-dashboard"
 
 
 def test_run_user_errors_leave_nothing_behind(study_files, capsys):
@@ -110,7 +122,29 @@ def test_run_user_errors_leave_nothing_behind(study_files, capsys):
     assert "unknown study 'nope'" in capsys.readouterr().err
     assert main(["run", "--study", str(study_files / "study.yaml"), "--resume", "--out", str(out)]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+    other = f"sqlite:///{study_files / 'other.db'}"
+    assert main(["run", "--study", str(study_files / "study.yaml"), "--resume", "--out", str(out),
+                 "--storage", other]) == 2
+    assert "no study named 'tiny'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def _wait(what, condition, timeout: float = 300, proc=None):
+    """Poll an observable state (the study, a process) until ``condition()`` holds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the process ended (code {proc.returncode}) before {what}")
+        got = condition()
+        if got:
+            return got
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _records(out: Path):
+    """The run's records, once its study exists (study.yaml is written after the schema)."""
+    return read_all(load(out)) if (out / "study.yaml").exists() else []
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
@@ -119,52 +153,136 @@ def test_resume_after_a_stop_finishes_without_retraining(study_files, capsys, si
     argv = ["run", "--study", str(study_files / "study.yaml"), "--out", str(out), "--quiet", "--trials", "4"]
     proc = subprocess.Popen(cli_argv(*argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 120
-    try:
-        while time.time() < deadline:  # stop it in the middle of training a candidate
-            time.sleep(0.3)
-            if (out / "study.yaml").exists():  # written once the study's tables and row exist
-                study = load(out)
-                # after one evaluated trial and before the third: the run cannot be finishing
-                evaluated = len([u for u in study.trials if u.user_attrs.get("status") in EVALUATED])
-                if 1 <= evaluated <= 2 and any(
-                    t.state == optuna.trial.TrialState.RUNNING and t.user_attrs.get("stage") == "training"
-                    for t in study.trials
-                ):
-                    break
-        else:
-            pytest.fail("the run never reached a second training trial")
+    try:  # stop it after one trained trial and while another trains: it cannot be ending
+        _wait("a second candidate training", lambda: (
+            (records := _records(out)) and 1 <= sum(r.trained for r in records) <= 2 and training(records)
+        ), proc=proc)
     finally:
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
-    states = optuna.trial.TrialState
-    if sig == signal.SIGINT:  # Optuna fails the trial in flight; ccsearch says how to go on
+    if sig == signal.SIGINT:  # the trial in flight is recorded; ccsearch says how to go on
         assert proc.returncode == 130
-        assert err.strip().endswith("ccsearch: interrupted (continue it with the same command and --resume)")
-    # FAIL after Ctrl-C in the trial function; RUNNING after SIGKILL (or Ctrl-C between trials)
-    interrupted = [t.number for t in load(out).trials if t.state in (states.FAIL, states.RUNNING)]
+        assert err.strip().splitlines() == [
+            "ccsearch: interrupted (continue it with the same command and --resume)"
+        ], "one line, no traceback"
+        assert (out / "results.csv").exists() and (out / "pareto.html").exists()
+    interrupted = [r.number for r in _records(out) if r.state in (TrialState.FAIL, TrialState.RUNNING)]
     assert interrupted
     assert main([*argv, "--resume"]) == 0
-    assert "were interrupted" in capsys.readouterr().out
+    assert "retry architectures whose trials were interrupted" in capsys.readouterr().out
     study = load(out)
     assert_study_sound(study, trained=4)
+    records = read_all(study)
     for number in interrupted:
-        assert study.trials[number].user_attrs["status"] == "interrupted"
-    retries = [t for t in study.trials if "failed_trial" in t.system_attrs]
-    assert retries, "the interrupted architecture was retried"
+        assert records[number].status == Status.INTERRUPTED
+    retries = [t for t in study.trials if t.system_attrs.get("retry_of") in interrupted]
+    assert len(retries) == len(interrupted), "each interrupted architecture retried once"
+    for t in retries:
+        assert t.params == study.trials[t.system_attrs["retry_of"]].params
 
 
-def test_two_local_workers_share_one_sqlite_study(study_files):
+def test_resume_refuses_a_changed_configuration(study_files, capsys):
     out = study_files / "run"
+    argv = ["run", "--study", str(study_files / "study.yaml"), "--out", str(out), "--quiet", "--trials", "1"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    for change, field in (
+        (["--proxy", "smoke"], "proxy"),
+        (["--seed", "5"], "seed"),
+    ):
+        assert main([*argv, "--resume", *change]) == 2, change
+        err = capsys.readouterr().err
+        assert err.startswith("ccsearch: error: --resume cannot change the study:") and field in err
+    study_yaml = study_files / "study.yaml"
+    study_yaml.write_text(study_yaml.read_text().replace("budget: 42M", "budget: 41.9M"))
+    assert main([*argv, "--resume"]) == 2
+    assert "budget: the study has 42M (42,000,000), this run asks for 41.9M" in capsys.readouterr().err
+    study_yaml.write_text(study_yaml.read_text().replace("budget: 41.9M", "budget: 42M"))
+    (study_files / "space.yaml").write_text(
+        (study_files / "space.yaml").read_text().replace("[2, 4, 32]", "[2, 4]"))
+    assert main([*argv, "--resume"]) == 2
+    assert "search space" in capsys.readouterr().err
+    (study_files / "space.yaml").write_text(
+        (study_files / "space.yaml").read_text().replace("[2, 4]", "[2, 4, 32]"))
+    before = len(load(out).trials)
+    assert main([*argv, "--resume", "--trials", "2"]) == 0, "a larger --trials is the one change allowed"
+    assert sum(r.trained for r in read_all(load(out))) == 2 and len(load(out).trials) > before
+
+
+def test_joining_processes_get_distinct_sampler_seeds(study_files):
+    config = load_study_config(study_files / "study.yaml")
+    search_run.create(config, study_files / "run")
+    url = search_run.default_storage(study_files / "run")
+    seeds = {search_run.join(url, "tiny").sampler_seed for _ in range(20)}
+    assert len(seeds) == 20, "process ids repeat across containers; these must not"
+
+
+def test_a_worker_keeps_its_trial_while_the_run_is_resumed(tmp_path):
+    """``ccsearch run`` and ``ccsearch worker`` on one study; the run is killed and resumed
+    while the worker trains: the resume leaves the worker's trial alone (its process is
+    alive), the worker's trial finishes and is kept, and the killed one is retried."""
+    files = write_tiny_study(tmp_path, trials=3)
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run_argv = cli_argv("run", "--study", str(files / "study.yaml"), "--out", str(out), "--quiet")
+    run = subprocess.Popen(run_argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    worker = None
+    try:
+        _wait("the run's first trial training", lambda: training(_records(out)), proc=run)
+        worker = subprocess.Popen(
+            cli_argv("worker", "--study", "tiny", "--quiet"), stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, env={**env, "CCSEARCH_STORAGE": search_run.default_storage(out)})
+
+        def both_training():
+            now = training(_records(out))
+            by = {p.pid: [r for r in now if r.owner.endswith(f":{p.pid}")] for p in (run, worker)}
+            if by[run.pid] and by[worker.pid]:
+                os.kill(worker.pid, signal.SIGSTOP)  # alive but paused: its trial must survive
+                run.kill()
+                return by[worker.pid][0], [r.number for r in by[run.pid]]
+            return None
+
+        mine, killed = _wait("the run and the worker training at once", both_training, proc=worker)
+        run.wait()
+        resumed = subprocess.Popen([*run_argv, "--resume"], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env=env)
+        _wait("the resumed run's own trial", lambda: [
+            r for r in _records(out) if r.owner.endswith(f":{resumed.pid}")
+        ], proc=resumed)
+        assert read(load(out).trials[mine.number]).running, "the live worker's trial was kept"
+        os.kill(worker.pid, signal.SIGCONT)
+        stdout, stderr = resumed.communicate(timeout=300)
+        assert resumed.returncode == 0, stderr[-2000:]
+        assert worker.wait(timeout=300) == 0
+    finally:
+        for p in (run, worker):
+            if p is not None and p.poll() is None:
+                os.kill(p.pid, signal.SIGCONT)
+                p.kill()
+    study = load(out)
+    assert_study_sound(study, trained=3)
+    records = read_all(study)
+    assert records[mine.number].status in (Status.OK, Status.DIVERGED)
+    assert records[mine.number].state == TrialState.COMPLETE
+    assert killed and all(records[n].status == Status.INTERRUPTED for n in killed)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_four_workers_train_exactly_the_wanted_candidates(tmp_path, seed):
+    """The stress test: 4 worker processes, 3 distinct architectures, ``trials: 3``."""
+    files = write_tiny_study(tmp_path, trials=3, space=THREE_ARCHITECTURES, budget="44M")
+    (files / "proxy.yaml").write_text((files / "proxy.yaml").read_text().replace("epochs: 2", "epochs: 1"))
+    out = tmp_path / "run"
     result = subprocess.run(
-        cli_argv("run", "--study", str(study_files / "study.yaml"), "--out", str(out), "--quiet", "--workers", "2", "--trials", "4"),
+        cli_argv("run", "--study", str(files / "study.yaml"), "--out", str(out), "--quiet",
+                 "--workers", "4", "--seed", str(seed)),
         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     study = load(out)
-    assert_study_sound(study, trained=4)
-    workers = {t.user_attrs["worker"] for t in study.trials if "worker" in t.user_attrs}
-    assert len(workers) == 2, "both worker processes evaluated trials"
+    assert_study_sound(study, trained=3, budget=44_000_000)
+    workers = {r.owner for r in read_all(study) if r.owner}
+    assert len(workers) >= 2, "several worker processes evaluated trials"
 
 
 def test_yaml_folders_ship_inside_the_wheel(tmp_path):
@@ -188,26 +306,24 @@ def test_two_workers_share_one_postgresql_study(study_files):
         out = study_files / "run"
         result = subprocess.run(
             cli_argv("run", "--study", str(study_files / "study.yaml"), "--out", str(out), "--quiet",
-                     "--storage", url, "--workers", "2", "--trials", "4"),
+                     "--storage", url.replace("postgresql://", "postgres://"), "--workers", "2",
+                     "--trials", "4"),
             capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
         assert result.returncode == 0, result.stderr[-2000:]
         assert not (out / "study.db").exists(), "nothing written to SQLite"
-        study = optuna.load_study(study_name="tiny", storage=url)
+        study = optuna.load_study(study_name="tiny", storage=url.replace("postgresql://", "postgresql+psycopg://"))
         assert_study_sound(study, trained=4)
-        workers = {t.user_attrs["worker"] for t in study.trials if "worker" in t.user_attrs}
+        workers = {r.owner for r in read_all(study) if r.owner}
         assert len(workers) == 2, "both worker processes evaluated trials"
         assert pd.read_csv(out / "results.csv")["trial"].tolist() == [t.number for t in study.trials]
 
 
 def test_storage_passwords_are_never_shown(study_files, capsys):
-    from ccsearch.search.storage import shown_url
-
-    assert shown_url("postgresql://ann:s3cret@db.lab:5432/nas") == "postgresql://ann:***@db.lab:5432/nas"
-    assert shown_url("sqlite:///runs/x/study.db") == "sqlite:///runs/x/study.db"
-    url = "postgresql://ann:s3cret@127.0.0.1:9/nas"  # nothing listens on port 9
+    url = "postgresql://ann:s3cret@127.0.0.1:9/nas?password=s3cret"  # nothing listens on port 9
     argv = ["run", "--study", str(study_files / "study.yaml"), "--out", str(study_files / "run"), "--storage", url]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "cannot open storage 'postgresql://ann:***@127.0.0.1:9/nas'" in err and "s3cret" not in err
+    assert "cannot open storage 'postgresql://ann:***@127.0.0.1:9/nas?password=***'" in err
+    assert "s3cret" not in err
     assert not (study_files / "run").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import secrets
 import shutil
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -90,7 +91,9 @@ def create(config: StudyConfig, out: Path, storage_url: str | None = None, data:
             sampler=config.make_sampler(space),
             directions=["maximize", "minimize"],
         )
-        study.set_metric_names(METRICS)
+        with warnings.catch_warnings():  # "experimental" in Optuna since 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(METRICS)
         study.set_user_attr("config", config.to_dict())
         study.set_user_attr("space", space_dict(space))
         study.set_user_attr("data", data)

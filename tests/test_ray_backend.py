@@ -1,4 +1,9 @@
-"""``ccsearch run --backend ray``: a real local Ray, real trials, records in the Optuna storage."""
+"""``ccsearch run --backend ray``: a real Ray, real trials; the driver alone writes the study.
+
+Ray's worker processes here cannot reach any storage: a ``sitecustomize`` on their
+``PYTHONPATH`` makes SQLite and Optuna's storages raise inside them (as on a worker node
+without the run folder), and leaves a marker file to show it ran.
+"""
 
 from __future__ import annotations
 
@@ -10,26 +15,53 @@ import sys
 import time
 from pathlib import Path
 
-import optuna
 import pytest
-from _study import assert_study_sound, cli_argv, load, write_tiny_study
+from _study import THREE_ARCHITECTURES, assert_study_sound, cli_argv, load, write_tiny_study
 
 from ccsearch.cli import main
-from ccsearch.search.objective import EVALUATED
+from ccsearch.search.record import Status, TrialState, read_all
 
 RAY = str(Path(sys.executable).with_name("ray"))
+POISON = '''
+import os, sys
+if any(a.endswith("default_worker.py") for a in sys.argv):  # a Ray worker process
+    def unreachable(*args, **kwargs):
+        raise ConnectionRefusedError("the study's storage is not reachable from Ray workers")
+    import sqlite3
+    sqlite3.connect = unreachable
+    import optuna.storages
+    optuna.storages.RDBStorage.__init__ = unreachable
+    optuna.storages.JournalStorage.__init__ = unreachable
+    open(os.path.join(os.path.dirname(__file__), f"poisoned-{os.getpid()}"), "w").close()
+'''
 
 
 @pytest.fixture
-def ray_head():
-    """A one-machine Ray cluster started the way users start one (``ray start --head``)."""
+def no_storage_in_workers(tmp_path):
+    """An environment whose Ray workers cannot open any storage; the marker folder."""
+    folder = tmp_path / "poison"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(POISON)
+    path = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path}, folder
+
+
+def _poisoned(folder: Path) -> int:
+    return len(list(folder.glob("poisoned-*")))
+
+
+@pytest.fixture
+def ray_head(no_storage_in_workers):
+    """A one-machine Ray cluster started the way users start one (``ray start --head``),
+    whose workers cannot reach the storage (like another node's)."""
+    env, _ = no_storage_in_workers
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     subprocess.run(
         [RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
          "--include-dashboard=false", "--disable-usage-stats"],
-        check=True, capture_output=True, timeout=180,
+        check=True, capture_output=True, timeout=180, env=env,
     )
     try:
         yield f"127.0.0.1:{port}"
@@ -37,31 +69,49 @@ def ray_head():
         subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=180)
 
 
-def test_ray_backend_records_the_study_and_resumes_on_a_cluster(tmp_path, ray_head, capsys):
+def _run(argv: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(cli_argv(*argv), capture_output=True, text=True, timeout=timeout, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_ray_backend_records_the_study_and_resumes_on_a_cluster(tmp_path, ray_head, no_storage_in_workers):
+    env, poison = no_storage_in_workers
     files = write_tiny_study(tmp_path, pruner="successive_halving")  # ASHA under Ray
     out = tmp_path / "run"
     argv = ["run", "--study", str(files / "study.yaml"), "--out", str(out), "--quiet", "--backend", "ray"]
 
     # Ray started by ccsearch itself on this machine.
-    assert main([*argv, "--trials", "3", "--cpus-per-trial", "1"]) == 0
-    assert "Pareto front" in capsys.readouterr().out
+    assert "Pareto front" in _run([*argv, "--trials", "3", "--cpus-per-trial", "1"], env).stdout
     study = load(out)
-    assert_study_sound(study, trained=3, stopped_lack=("losses",))
-    workers = {t.user_attrs["worker"] for t in study.trials if "worker" in t.user_attrs}
-    assert workers and all(not w.endswith(f":{os.getpid()}") for w in workers), "trials ran in Ray workers"
+    assert_study_sound(study, trained=3)
+    records = read_all(study)
+    assert all(r.worker != r.owner for r in records if r.trained), "trained in Ray workers"
     assert (out / "ray").is_dir() and (out / "results.csv").exists()
 
     # The same study continued on a running cluster: two more candidates, none retrained.
-    assert main([*argv, "--trials", "5", "--resume", "--address", ray_head]) == 0
+    _run([*argv, "--trials", "5", "--resume", "--address", ray_head], env)
     study = load(out)
-    assert_study_sound(study, trained=5, stopped_lack=("losses",))
-    for t in study.trials:
-        if t.user_attrs.get("reason", "").startswith("ASHA stopped"):
-            assert t.state == optuna.trial.TrialState.PRUNED
-            assert len(t.user_attrs["curve"]) < 2 and t.user_attrs["status"] in EVALUATED
-        if t.user_attrs.get("status") == "ok":
-            assert t.state == optuna.trial.TrialState.COMPLETE
-            assert t.values == [t.user_attrs["top1"], t.user_attrs["madds"]]
+    assert_study_sound(study, trained=5)
+    for r in read_all(study):
+        if r.reason.startswith("ASHA stopped"):
+            assert r.state == TrialState.PRUNED and r.status == Status.PRUNED and len(r.curve) < 2
+        if r.status == Status.OK:
+            assert r.state == TrialState.COMPLETE
+    assert _poisoned(poison) >= 1, "the Ray workers could reach no storage"
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_ray_trains_exactly_the_wanted_candidates_four_at_a_time(tmp_path, no_storage_in_workers, seed):
+    """The stress test under Ray: 4 trials at once, 3 distinct architectures, ``trials: 3``."""
+    env, poison = no_storage_in_workers
+    files = write_tiny_study(tmp_path, trials=3, space=THREE_ARCHITECTURES, budget="44M")
+    (files / "proxy.yaml").write_text((files / "proxy.yaml").read_text().replace("epochs: 2", "epochs: 1"))
+    out = tmp_path / "run"
+    _run(["run", "--study", str(files / "study.yaml"), "--out", str(out), "--quiet", "--backend", "ray",
+          "--cpus-per-trial", "0.5", "--seed", str(seed)], env)
+    assert_study_sound(load(out), trained=3, budget=44_000_000)
+    assert _poisoned(poison) >= 1
 
 
 def test_ray_options_are_checked(study_files, capsys):
@@ -70,41 +120,70 @@ def test_ray_options_are_checked(study_files, capsys):
     assert "need --backend ray" in capsys.readouterr().err
     assert main([*argv, "--backend", "ray", "--cpus-per-trial", "-1"]) == 2
     assert "--cpus-per-trial must be > 0, got -1" in capsys.readouterr().err
+    assert main([*argv, "--backend", "ray", "--gpus-per-trial", "2"]) == 2
+    assert "--gpus-per-trial must be between 0 and 1" in capsys.readouterr().err
     assert main([*argv, "--backend", "ray", "--workers", "2"]) == 2
     assert not (study_files / "run").exists()
+
+
+def _wait_for(what, condition, proc, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        got = condition()
+        if got:
+            return got
+        time.sleep(0.3)
+    pytest.fail(f"no {what} (run exit code {proc.poll()})")
+
+
+def _training(out: Path):
+    if not (out / "study.yaml").exists():  # written once the study's tables and row exist
+        return []
+    return [r for r in read_all(load(out)) if r.holds_slot and r.curve and r.worker != r.owner]
 
 
 def test_a_killed_ray_worker_is_retried(tmp_path):
     """SIGKILL the worker process of a training trial: Ray retries it (FailureConfig) and
     the study completes, that trial included, with nothing left RUNNING."""
     files = write_tiny_study(tmp_path)
+    (files / "proxy.yaml").write_text((files / "proxy.yaml").read_text().replace("epochs: 2", "epochs: 3"))
     out = tmp_path / "run"
     proc = subprocess.Popen(
         cli_argv("run", "--study", str(files / "study.yaml"), "--out", str(out), "--quiet",
                  "--backend", "ray", "--trials", "3"),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
-    victim = None
-    deadline = time.time() + 180
     try:
-        while victim is None and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.3)
-            if not (out / "study.yaml").exists():  # written once the study's tables and row exist
-                continue
-            trials = load(out).trials
-            for t in trials:
-                if t.state == optuna.trial.TrialState.RUNNING and t.user_attrs.get("stage") == "training":
-                    victim = t.number, int(t.user_attrs["worker"].rsplit(":", 1)[1])
-                    os.kill(victim[1], signal.SIGKILL)
-                    break
+        victim = _wait_for("trial past its first epoch", lambda: _training(out), proc)[0]
+        os.kill(int(victim.worker.rsplit(":", 1)[1]), signal.SIGKILL)
         _, err = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert victim is not None, "no trial was seen training"
     assert proc.returncode == 0, err[-2000:]
     study = load(out)
-    assert_study_sound(study, trained=3, stopped_lack=("losses",))
-    again = study.trials[victim[0]]
-    assert again.user_attrs["worker"] != f"{again.user_attrs['worker'].rsplit(':', 1)[0]}:{victim[1]}", "it ran again"
-    assert again.user_attrs["status"] in EVALUATED
+    assert_study_sound(study, trained=3)
+    again = read_all(study)[victim.number]
+    assert again.worker != victim.worker and again.trained, "it ran again in another worker"
+
+
+def test_ctrl_c_under_ray_exits_130_and_resumes(tmp_path, capsys):
+    files = write_tiny_study(tmp_path)
+    out = tmp_path / "run"
+    argv = ["run", "--study", str(files / "study.yaml"), "--out", str(out), "--quiet", "--backend", "ray",
+            "--trials", "3"]
+    proc = subprocess.Popen(cli_argv(*argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for("trial past its first epoch", lambda: _training(out), proc)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == (
+        "ccsearch: interrupted (continue it with the same command and --resume)"
+    )
+    records = read_all(load(out))
+    assert not [r for r in records if r.state == TrialState.RUNNING], "the trial in flight is recorded"
+    assert [r for r in records if r.status == Status.INTERRUPTED]
+    assert main([*argv, "--resume"]) == 0
+    assert_study_sound(load(out), trained=3)

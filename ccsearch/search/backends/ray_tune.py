@@ -319,10 +319,22 @@ def _start_ray(address: str | None) -> None:
         if address is None:
             ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         else:
+            _attach_auth_token()
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as err:
         where = "start a local Ray instance" if address is None else f"join the Ray cluster at {address!r}"
         raise UserError(f"cannot {where}: {str(err).splitlines()[0]}") from None
+
+
+def _attach_auth_token() -> None:
+    """Ray >= 2.59 starts clusters with token authentication when a token exists, but
+    ``ray.init(address=...)`` does not send that token unless token mode is on
+    (ray-project/ray#64755, "Clients skip auto token auth").  Ray's own switch for it is
+    private, hence this one place; the cluster test in tests/test_ray_backend.py fails
+    loudly if it moves."""
+    from ray._private.authentication import authentication_token_setup as auth
+
+    auth.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def _ray_folder(search: SearchRun) -> Path:

@@ -31,29 +31,29 @@ from optuna._hypervolume import compute_hypervolume
 
 from ccsearch.arch import get_backbone
 from ccsearch.results import pareto_front, trials_table
-from ccsearch.search import controller, load_study_config
-from ccsearch.search.objective import Objective
-from ccsearch.train import DeviceData, get_proxy, load_proxy_data, train_candidate
+from ccsearch.search import load_study_config
+from ccsearch.search import run as search_run
+from ccsearch.search.backends import InProcess
+from ccsearch.search.objective import Evaluator
+from ccsearch.search.pruners import NoPruner
+from ccsearch.search.record import read
+from ccsearch.search.recovery import ask
+from ccsearch.train import get_proxy, load_proxy_data, train_candidate
 
 
 def overhead(trials: int, workdir: Path) -> None:
     config = replace(load_study_config("mnasnet_a1_325m"), name="overhead", budget=1_000_000,
                      trials=1, sampler="random")
-    run = controller.create_or_resume(config, workdir / "overhead", None, resume=False)
+    search = search_run.create(config, workdir / "overhead")
     proxy = get_proxy(config.proxy)
     data = load_proxy_data(proxy)
-    study = run.study
-    objective_times = []
-
-    def stop(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        objective_times.append(trial.user_attrs["wall_time"])
-        if len(study.trials) >= trials:
-            study.stop()
-
+    study = search.study
+    evaluator = Evaluator(config, search.space, NoPruner(), proxy.epochs,
+                          {"proxy": proxy.name, "data": data.description, "device": "cpu"})
     start = time.perf_counter()
-    space = config.space()
-    objective = Objective(config, space, proxy, DeviceData.from_proxy_data(data, torch.device("cpu")), "cpu")
-    study.optimize(objective, callbacks=[stop])
+    for _ in range(trials):  # all over budget: sample + count + record, never trained
+        evaluator.evaluate(ask(study), trainer=None)
+    objective_times = [read(t).wall_time for t in study.trials]
     per_trial = (time.perf_counter() - start) / len(study.trials)
     train = train_candidate(get_backbone("mnasnet_a1"), proxy, data, "cpu").wall_time
     print(f"controller overhead: {per_trial * 1e3:.0f} ms per trial ({len(study.trials)} over-budget "
@@ -76,8 +76,8 @@ def hypervolume(trials: int, seeds: int, epochs: int | None, workdir: Path) -> N
     for seed in range(seeds):
         for sampler in results:
             config = replace(base, name=f"hv_{sampler}_{seed}", sampler=sampler, seed=seed, trials=trials)
-            run = controller.create_or_resume(config, workdir / config.name, None, resume=False)
-            controller.optimize(run, device="cpu", progress=False)
+            run = search_run.create(config, workdir / config.name)
+            InProcess(device="cpu").run(run)
             front = pareto_front(trials_table(run.study))
             losses = np.array([[100 - a, m / config.budget] for a, m in zip(front["top1"], front["madds"], strict=True)])
             hv = compute_hypervolume(losses, np.array([100.0, 1.0])) if len(losses) else 0.0

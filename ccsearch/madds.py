@@ -13,7 +13,6 @@ convention every op a model runs must be either counted or listed in
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -195,11 +194,10 @@ def count_madds(
 
 def _analysis(model: nn.Module, image: torch.Tensor, convention: str) -> FlopCountAnalysis:
     """A configured fvcore analysis; the paper convention replaces fvcore's handle table."""
-    logging.getLogger("fvcore.nn.jit_analysis").setLevel(logging.ERROR)
     analysis = FlopCountAnalysis(model, image)
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     if convention == "paper":
-        analysis._op_handles = {}  # start from an empty table: only what is listed counts
+        analysis.clear_op_handles()  # start from an empty table: only what is listed counts
         analysis.set_op_handle(*[x for item in PAPER_HANDLES.items() for x in item])
         analysis.set_op_handle(*[x for op in NOT_COUNTED for x in (op, None)])
     return analysis

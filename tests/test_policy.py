@@ -247,3 +247,27 @@ def test_the_optuna_backend_prunes_with_the_median_rule(tmp_path):
         assert r.curve[0] < statistics.median(p.curve[0] for p in peers)
         assert r.state == TrialState.PRUNED and len(r.curve) == 1
     assert len([r for r in records if r.trained]) == 6
+
+
+def test_a_worker_stays_and_retrains_the_slot_a_dead_holder_on_another_machine_left(tmp_path):
+    """The last slot is held by a trial of another machine whose heartbeat went stale: a
+    worker must not leave with the study short; it waits, the trial is failed as stale
+    (Optuna's heartbeat check) and its architecture is retried and trained."""
+    from optuna.storages import RDBStorage
+
+    search = make_run(tmp_path, trials=1, space="")
+    url = search_run.default_storage(tmp_path / "run")
+    storage = RDBStorage(url, heartbeat_interval=1, grace_period=2, heartbeat_stale_trial_callback=recover)
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    other = search_run.SearchRun(study, storage, search.config, search.space, url, tmp_path / "run")
+    ev = evaluator(other)
+    ev.owner = "another-machine:1"
+    held = ev.start(rec_ask(other))  # claims the only slot, then its machine goes away
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name("tiny"), held.record.number)
+    storage.record_heartbeat(trial_id)  # its last heartbeat
+    InProcess(trainer=fake_trainer).run(other)
+    records = rec.read_all(study)
+    assert records[held.record.number].status == Status.INTERRUPTED
+    (done,) = [r for r in records if r.trained]
+    assert study.trials[done.number].system_attrs["retry_of"] == held.record.number

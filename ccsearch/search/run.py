@@ -139,7 +139,7 @@ def resume(
     changes = config.changes_from(stored)
     if space_dict(config.space()) != study.user_attrs["space"]:
         changes.append(f"search space: {config.search_space} is not the space the study searches")
-    if data is not None and data != study.user_attrs.get("data", data):
+    if data is not None and study.user_attrs.get("data") and data != study.user_attrs["data"]:
         changes.append(f"data: the study has {study.user_attrs['data']!r}, this run asks for {data!r}")
     if changes:
         raise UserError("--resume cannot change the study: " + "; ".join(changes))

@@ -39,9 +39,9 @@ def open_storage(
     """The storage at ``url``; a ``UserError`` (with the password masked) if it cannot be
     opened.
 
-    ``heartbeats=False`` for processes that ask/tell outside ``Study.optimize`` (the Ray
-    driver): Optuna's heartbeats only run inside ``optimize``.  ``on_stale(study, trial)`` is
-    called for each trial found dead by the heartbeat check (RDB storages only).
+    With ``heartbeats`` (RDB storages only) a trial's owner beats every ``HEARTBEAT``
+    seconds (``recovery.Heartbeat``) and ``on_stale(study, trial)`` is called for each
+    trial whose beats stopped for ``GRACE`` seconds.
     """
     if url.startswith("journal:"):
         path = url.removeprefix("journal:")

@@ -24,7 +24,7 @@ class StudyConfig:
     budget: int  # MADDs at 224px; candidates above it are never trained
     proxy: str = "smoke"
     sampler: str = "nsga2"  # two objectives (top-1 up, MADDs down), budget as a constraint
-    pruner: str = "median"  # on the per-epoch accuracy curves (see ccsearch/search/pruning.py)
+    pruner: str = "median"  # on the per-epoch accuracy curves (see ccsearch/search/pruners.py)
     trials: int = 12  # candidates to train (infeasible and duplicate ones are not counted)
     seed: int = 0
     convention: str = "paper"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import optuna
+import pytest
 
 from ccsearch.search.record import Stage, Status, TrialRecord, read_all
 
@@ -64,6 +66,19 @@ def assert_study_sound(study: optuna.Study, trained: int, budget: int = BUDGET) 
         assert r.madds <= budget
         if r.status == Status.OK:
             assert study.trials[r.number].values == [r.top1, r.madds]
+
+
+def wait_for(what: str, condition, proc=None, timeout: float = 300):
+    """Poll an observable state (the study, a process) until ``condition()`` holds; its value."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the process ended (code {proc.returncode}) before {what}")
+        got = condition()
+        if got:
+            return got
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
 
 
 def cli_argv(*args: str) -> list[str]:

@@ -12,11 +12,17 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from _study import THREE_ARCHITECTURES, assert_study_sound, cli_argv, load, write_tiny_study
+from _study import (
+    THREE_ARCHITECTURES,
+    assert_study_sound,
+    cli_argv,
+    load,
+    wait_for,
+    write_tiny_study,
+)
 
 from ccsearch.cli import main
 from ccsearch.search.record import Status, TrialState, read_all
@@ -126,16 +132,6 @@ def test_ray_options_are_checked(study_files, capsys):
     assert not (study_files / "run").exists()
 
 
-def _wait_for(what, condition, proc, timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        got = condition()
-        if got:
-            return got
-        time.sleep(0.3)
-    pytest.fail(f"no {what} (run exit code {proc.poll()})")
-
-
 def _training(out: Path):
     if not (out / "study.yaml").exists():  # written once the study's tables and row exist
         return []
@@ -154,7 +150,7 @@ def test_a_killed_ray_worker_is_retried(tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:
-        victim = _wait_for("trial past its first epoch", lambda: _training(out), proc)[0]
+        victim = wait_for("a trial past its first epoch", lambda: _training(out), proc=proc)[0]
         os.kill(int(victim.worker.rsplit(":", 1)[1]), signal.SIGKILL)
         _, err = proc.communicate(timeout=600)
     finally:
@@ -174,7 +170,7 @@ def test_ctrl_c_under_ray_exits_130_and_resumes(tmp_path, capsys):
             "--trials", "3"]
     proc = subprocess.Popen(cli_argv(*argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for("trial past its first epoch", lambda: _training(out), proc)
+        wait_for("a trial past its first epoch", lambda: _training(out), proc=proc)
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -20,6 +19,7 @@ from _study import (
     cli_argv,
     load,
     training,
+    wait_for,
     write_tiny_study,
 )
 
@@ -129,19 +129,6 @@ def test_run_user_errors_leave_nothing_behind(study_files, capsys):
     assert not out.exists()
 
 
-def _wait(what, condition, timeout: float = 300, proc=None):
-    """Poll an observable state (the study, a process) until ``condition()`` holds."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"the process ended (code {proc.returncode}) before {what}")
-        got = condition()
-        if got:
-            return got
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}")
-
-
 def _records(out: Path):
     """The run's records, once its study exists (study.yaml is written after the schema)."""
     return read_all(load(out)) if (out / "study.yaml").exists() else []
@@ -154,7 +141,7 @@ def test_resume_after_a_stop_finishes_without_retraining(study_files, capsys, si
     proc = subprocess.Popen(cli_argv(*argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:  # stop it after one trained trial and while another trains: it cannot be ending
-        _wait("a second candidate training", lambda: (
+        wait_for("a second candidate training", lambda: (
             (records := _records(out)) and 1 <= sum(r.trained for r in records) <= 2 and training(records)
         ), proc=proc)
     finally:
@@ -228,7 +215,7 @@ def test_a_worker_keeps_its_trial_while_the_run_is_resumed(tmp_path):
     run = subprocess.Popen(run_argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     worker = None
     try:
-        _wait("the run's first trial training", lambda: training(_records(out)), proc=run)
+        wait_for("the run's first trial training", lambda: training(_records(out)), proc=run)
         worker = subprocess.Popen(
             cli_argv("worker", "--study", "tiny", "--quiet"), stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, env={**env, "CCSEARCH_STORAGE": search_run.default_storage(out)})
@@ -242,11 +229,11 @@ def test_a_worker_keeps_its_trial_while_the_run_is_resumed(tmp_path):
                 return by[worker.pid][0], [r.number for r in by[run.pid]]
             return None
 
-        mine, killed = _wait("the run and the worker training at once", both_training, proc=worker)
+        mine, killed = wait_for("the run and the worker training at once", both_training, proc=worker)
         run.wait()
         resumed = subprocess.Popen([*run_argv, "--resume"], stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True, env=env)
-        _wait("the resumed run's own trial", lambda: [
+        wait_for("the resumed run's own trial", lambda: [
             r for r in _records(out) if r.owner.endswith(f":{resumed.pid}")
         ], proc=resumed)
         assert read(load(out).trials[mine.number]).running, "the live worker's trial was kept"

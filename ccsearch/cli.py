@@ -6,6 +6,7 @@ Every mistake a user can cause ends as one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -164,7 +165,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"  epoch {epoch}/{proxy.epochs}: val top-1 {top1:.1f}%", flush=True)
         return False
 
-    result = train_candidate(spec, proxy, data, device=args.device, on_epoch=report, seed=args.seed)
+    resume = None
+    if args.resume_from:
+        from ccsearch.checkpoint import read_checkpoint
+
+        resume = read_checkpoint(args.resume_from)
+    result = train_candidate(spec, proxy, data, device=args.device, on_epoch=report, seed=args.seed,
+                             save_to=args.save, resume=resume)
     if args.json:
         out = {**result.to_dict(), "madds": madds.madds, "convention": madds.convention}
         print(
@@ -182,6 +189,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(
                 "note: digits is a smoke-test proxy, not ImageNet; its accuracy says nothing about ImageNet"
             )
+        if args.save:
+            print(f"checkpoint: {args.save}  (continue with --resume-from {args.save})")
     return 0 if result.status == "ok" else 1
 
 
@@ -345,12 +354,133 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- ccsearch export / latency -----------------------------------------------------------
+
+
+def _export_source(args: argparse.Namespace):
+    """The spec to export and its provenance: a run's trial, or MODEL with its options."""
+    from pathlib import Path
+
+    from ccsearch.madds import parse_madds
+
+    budget = parse_madds(args.budget) if args.budget else None
+    if args.storage or Path(args.source, "study.yaml").is_file():
+        from ccsearch.results import select_trial
+        from ccsearch.search import run
+        from ccsearch.search.storage import shown_url
+
+        _quiet_optuna()
+        if args.storage:
+            if not args.study:
+                raise UserError("--storage needs --study NAME")
+            search = run.join(args.storage, args.study)
+        else:
+            search = run.open_folder(Path(args.source))
+        record = select_trial(search.study, args.trial, budget)
+        provenance = {
+            "study": search.config.name,
+            "storage": shown_url(search.storage_url),
+            "trial": record.number,
+            "seed": record.seed,
+            "proxy": record.proxy,
+            "data": record.data,
+            "proxy_top1": record.top1,
+            "smoke_test": record.smoke_test,
+            "budget": search.config.budget,
+            "references": [],  # the baseline and the paper's design: trained with issue 13
+        }
+        return ArchSpec.from_dict(record.spec), provenance
+    if args.trial != "best" or budget is not None:
+        raise UserError("--trial and --budget choose from a run folder; MODEL is exported as given")
+    spec = resolve_spec(args.source, args.condconv, args.experts, args.routing, args.width)
+    return spec, {"model": args.source}
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ccsearch.export import export_model
+    from ccsearch.latency import measure_latency
+
+    spec, provenance = _export_source(args)
+    weights = None
+    if args.weights:
+        from ccsearch.arch import spec_digest
+        from ccsearch.checkpoint import read_checkpoint
+
+        checkpoint = read_checkpoint(args.weights)
+        if spec_digest(checkpoint.candidate) != spec_digest(spec):
+            raise UserError(f"checkpoint {args.weights} was trained from another architecture "
+                            f"({checkpoint.candidate.name}) than the one exported ({spec.name})")
+        trained = dataclasses.replace(checkpoint.spec, num_classes=spec.num_classes, name=spec.name)
+        if trained.to_dict() != spec.to_dict():
+            raise UserError(f"checkpoint {args.weights} holds the proxy's reduced copy of the model "
+                            "(width or depth changed): train with a proxy of width and depth 1.0 "
+                            "to export its weights")
+        spec = checkpoint.spec  # as trained: its classes are the data's
+        weights = Path(args.weights) / "model.safetensors"
+        provenance["checkpoint"] = {"folder": str(args.weights), "epochs": checkpoint.epochs_done,
+                                    "top1": checkpoint.curve[-1] if checkpoint.curve else None,
+                                    "data": checkpoint.data}
+    latency = {"device": "cpu", "threads": torch_threads(),
+               "rows": [r.to_dict() for r in measure_latency(spec, batches=(1,), min_run_time=0.2)]}
+    out = export_model(spec, Path(args.out), provenance=provenance, weights=weights,
+                       seed=provenance.get("seed", 0), onnx=args.onnx, force=args.force,
+                       latency=latency)
+    row = latency["rows"][0]
+    print(f"exported {spec.name} to {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
+    print(f"  {format_madds(count_madds(spec).madds)} MADDs (paper convention, 224px); latency at "
+          f"batch 1 on this CPU: {row['model_ms']:.1f} ms, {row['ratio']:.2f}x its backbone "
+          f"(MADDs {row['madds_ratio']:.3f}x)")
+    if weights is None:
+        print("  weights: freshly initialised (train it, e.g. ccsearch train ... --save DIR, "
+              "then export with --weights DIR)")
+    print(f"  load it: ccsearch.load({str(out)!r}), or torch.export.load('{out}/model.pt2')")
+    return 0
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def cmd_latency(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ccsearch.latency import measure_latency
+
+    model = None
+    if Path(args.model, "arch.json").is_file():
+        from ccsearch.export import load
+
+        model = load(args.model)
+        spec = ArchSpec.from_dict(json.loads(Path(args.model, "arch.json").read_text())["spec"])
+    else:
+        spec = resolve_spec(args.model, args.condconv, args.experts, args.routing, args.width)
+    try:
+        batches = [int(b) for b in args.batch.split(",")]
+    except ValueError:
+        raise UserError(f"--batch {args.batch!r}: use sizes like 1,32") from None
+    rows = measure_latency(spec, batches, device=args.device, threads=args.threads, model=model)
+    print(f"{spec.name} against its backbone without CondConv, 224px, {args.device}, "
+          f"{torch_threads()} threads (median of interleaved runs)")
+    print(f"{'batch':>5}  {'model ms':>9}  {'backbone ms':>11}  {'latency':>8}  {'MADDs':>6}")
+    for r in rows:
+        print(f"{r.batch:>5}  {r.model_ms:>9.2f}  {r.baseline_ms:>11.2f}  {r.ratio:>7.2f}x  "
+              f"{r.madds_ratio:>5.3f}x")
+    return 0
+
+
 # ---- entry point -------------------------------------------------------------------------
 
 
-def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+def _add_model_arguments(p: argparse.ArgumentParser, positional: str | None = "model",
+                         what: str = "") -> None:
     """MODEL and the CondConv options that ``resolve_spec`` applies to it."""
-    p.add_argument("model", help=f"backbone ({', '.join(BACKBONES)}) or spec .json file")
+    if positional is not None:
+        p.add_argument(positional, metavar=positional.upper() if what else None,
+                       help=what or f"backbone ({', '.join(BACKBONES)}) or spec .json file")
     p.add_argument(
         "--condconv", metavar="GROUPS", help="block groups 1..N to make CondConv: 6,7 | 5-7 | all"
     )
@@ -387,6 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seed", type=int, default=0, help="seed for data split, init and order (default 0)"
     )
+    p.add_argument("--save", metavar="DIR", help="write a checkpoint (safetensors + spec) after every epoch")
+    p.add_argument("--resume-from", metavar="DIR", help="continue a checkpoint written by --save")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_train)
 
@@ -437,6 +569,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("export", help="write a run's chosen architecture (or MODEL) as model files")
+    p.add_argument("source", metavar="RUN|MODEL",
+                   help="a run folder (runs/<study>), or a backbone / spec .json file")
+    p.add_argument("--trial", default="best", help="best (default) or a trial number")
+    p.add_argument("--budget", help="best under this MADD budget (may be tighter than the study's)")
+    p.add_argument("--storage", help="the study's storage URL instead of a run folder (with --study)")
+    p.add_argument("--study", help="the study's name in --storage")
+    p.add_argument("--weights", metavar="CKPT", help="a checkpoint folder written by ccsearch train --save")
+    p.add_argument("--onnx", action="store_true", help="also model.onnx (dynamic batch; the onnx extra)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("-o", "--out", required=True, help="the folder to write")
+    _add_model_arguments(p, positional=None)  # for MODEL
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("latency", help="median latency of a model against its backbone without CondConv")
+    _add_model_arguments(p, what=f"a backbone ({', '.join(BACKBONES)}), a spec .json file or an "
+                                 "export folder")
+    p.add_argument("--batch", default="1,32", help="batch sizes (default 1,32)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.set_defaults(func=cmd_latency)
 
     p = sub.add_parser("backbones", help="list the shipped backbones and their block groups")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -9,7 +9,9 @@ from __future__ import annotations
 import optuna
 import pandas as pd
 
-from ccsearch.search.record import Status, read_all
+from ccsearch.errors import UserError
+from ccsearch.madds import format_madds
+from ccsearch.search.record import Status, TrialRecord, read_all
 
 COLUMNS = [
     "trial",
@@ -90,3 +92,34 @@ def best_on_front(front: pd.DataFrame) -> pd.Series | None:
 
 def summary_counts(table: pd.DataFrame) -> dict[str, int]:
     return {status: int(n) for status, n in table["status"].value_counts().items()}
+
+
+def select_trial(study: optuna.Study, which: str, budget: int | None = None) -> TrialRecord:
+    """``best`` (the most accurate trained candidate on the feasible front, under
+    ``budget`` when given) or a trial number, which must be a trained candidate."""
+    records = read_all(study)
+    if which == "best":
+        front = pareto_front(trials_table(study))
+        if budget is not None:
+            front = front[front["madds"] <= budget]
+        top = best_on_front(front)
+        if top is None:
+            under = f" under {format_madds(budget)} MADDs" if budget is not None else ""
+            raise UserError(f"study {study.study_name!r} has no trained candidate{under}")
+        return records[int(top["trial"])]
+    if not which.isdigit():
+        raise UserError(f"--trial {which!r}: use best or a trial number")
+    number = int(which)
+    if number >= len(records):
+        raise UserError(f"--trial {number}: the study has trials 0 to {len(records) - 1}")
+    record = records[number]
+    if record.status == Status.DUPLICATE and record.twin is not None:
+        raise UserError(f"--trial {number} is a duplicate of trial {record.twin}: export that one")
+    if record.status != Status.OK:
+        status = record.status.value if record.status else "still running"
+        reason = f" ({record.reason})" if record.reason else ""
+        raise UserError(f"--trial {number} was not trained to the end: {status}{reason}")
+    if budget is not None and record.madds > budget:
+        raise UserError(f"--trial {number} has {format_madds(record.madds)} MADDs, over --budget")
+    return record
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch
 from ccsearch.arch import BACKBONES, ArchSpec, BlockGroup, build_model, get_backbone, spec_digest
 from ccsearch.arch.blocks import Block
 from ccsearch.errors import UserError
-from ccsearch.layers import CondConv2d
+from ccsearch.layers import ROUTING_ACTIVATIONS, CondConv2d
 
 # Published parameter counts (millions) of the reference implementations.
 PUBLISHED_PARAMS_M = {
@@ -109,6 +110,91 @@ def test_width_multiplier_scales_channels():
         256,
         256,
     ]
+
+
+@pytest.mark.parametrize(
+    "name, width, head",
+    [
+        ("mobilenet_v2", 0.5, 1280),  # timm / TF-slim: max(1280, 1280 * width)
+        ("mobilenet_v2", 1.4, 1792),
+        ("mnasnet_a1", 0.5, 1280),  # TF MnasNet: always 1280
+        ("mnasnet_a1", 1.4, 1280),
+        ("efficientnet_b0", 0.5, 640),  # EfficientNet: round_filters(1280)
+        ("mobilenet_v1", 0.5, 0),  # no head conv
+    ],
+)
+def test_width_multiplier_scales_the_head_by_each_familys_rule(name, width, head):
+    spec = get_backbone(name, width)
+    assert spec.head_channels == head
+    assert ArchSpec.from_json(spec.to_json()) == spec
+    assert spec.scale_width(1) is spec
+
+
+def test_head_scaling_is_validated():
+    data = {**get_backbone("mnasnet_a1").to_dict(), "head_scaling": "sometimes"}
+    with pytest.raises(UserError, match="head_scaling"):
+        ArchSpec.from_dict(data)
+
+
+def _timm_conv_std(conv) -> float:
+    """timm's ``_init_weight_goog`` (fix_group_fanout): normal(0, sqrt(2 / fan_out))."""
+    kh, kw = conv.kernel_size
+    return math.sqrt(2 / (kh * kw * conv.out_channels // conv.groups))
+
+
+def test_build_model_initialises_like_timm():
+    torch.manual_seed(0)
+    model = build_model(get_backbone("mnasnet_a1").with_condconv([7], 8))
+    static_dw = model.groups[5][1].dw.conv  # group 6: 5x5 depthwise, 960 channels
+    assert static_dw.groups == static_dw.out_channels == 960
+    assert static_dw.weight.std().item() == pytest.approx(_timm_conv_std(static_dw), rel=0.03)
+    head = model.head.conv  # 1x1, 320 -> 1280
+    assert head.weight.std().item() == pytest.approx(_timm_conv_std(head), rel=0.03)
+    block = model.groups[6][0]  # group 7: CondConv, 8 experts
+    for conv in (block.dw.conv, block.expand.conv):  # 3x3 depthwise 960; 1x1 160 -> 960
+        assert isinstance(conv, CondConv2d)
+        for expert in conv.expert_kernels():
+            assert expert.std().item() == pytest.approx(_timm_conv_std(conv), rel=0.04)
+    # Linear layers: uniform(+-1/sqrt(fan_out)), routing uniform(+-1/sqrt(fan_in + fan_out)).
+    for fc, bound in [
+        (model.classifier, 1 / math.sqrt(1000)),
+        (block.routing.fc, 1 / math.sqrt(160 + 8)),
+    ]:
+        assert fc.weight.abs().max().item() <= bound
+        assert fc.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.1)
+        assert not fc.bias.any()
+
+
+def _routing_weights_at_start(activation: str) -> torch.Tensor:
+    """Routing weights of every layer of MobileNetV1 0.25x, 32 experts in all 13 groups."""
+    torch.manual_seed(0)
+    spec = get_backbone("mobilenet_v1", 0.25).with_condconv(list(range(1, 14)), 32, activation)
+    model = build_model(spec).train()  # the first training step: batch statistics
+    with torch.no_grad():
+        model(torch.randn(32, 3, 64, 64))
+    blocks = [block for group in model.groups for block in group]
+    assert all(not block.routing.fc.bias.any() for block in blocks), "paper init: zero bias"
+    return torch.stack([block.routing.last_weights for block in blocks])  # [13, B, E]
+
+
+@pytest.mark.parametrize("activation", ROUTING_ACTIVATIONS)
+def test_routing_starts_at_the_paper_init(activation):
+    """Zero bias: logits start centred on 0, so every activation starts at its midpoint."""
+    r = _routing_weights_at_start(activation)
+    assert r.shape == (13, 32, 32)
+    if activation == "relu":  # about half the experts off, but never all for an example
+        assert 0.35 < (r == 0).float().mean().item() < 0.65
+        assert (r > 0).any(dim=2).all()
+        assert r.mean().item() < 0.5  # not the switched-on start (bias 1.0: every weight ~1)
+    elif activation == "sigmoid":
+        assert r.mean().item() == pytest.approx(0.5, abs=0.02)
+        assert ((r - 0.5).abs() < 0.3).all()  # no expert starts saturated
+    elif activation == "tanh":
+        assert r.mean().item() == pytest.approx(0.0, abs=0.02)
+        assert 0.35 < (r < 0).float().mean().item() < 0.65
+    else:  # softmax: close to uniform, no expert dominates
+        torch.testing.assert_close(r.sum(2), torch.ones(13, 32))
+        assert r.max().item() < 4 / 32 and r.min().item() > 1 / (4 * 32)
 
 
 @pytest.mark.parametrize(

@@ -107,6 +107,26 @@ def test_routing_is_activation_of_linear_of_pooled_input(activation):
         torch.testing.assert_close(routing.last_weights.sum(1), torch.ones(3))
 
 
+@pytest.mark.parametrize("activation", ROUTING_ACTIVATIONS)
+def test_routing_starts_with_zero_bias_and_timm_weights(activation):
+    torch.manual_seed(0)
+    routing = Routing(512, 32, activation)
+    assert not routing.fc.bias.any()  # the paper's (TF) and timm's init, for every activation
+    bound = 1 / (512 + 32) ** 0.5  # timm: uniform(+-1/sqrt(fan_in + fan_out))
+    assert routing.fc.weight.abs().max().item() <= bound
+    assert routing.fc.weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.05)
+
+
+def test_routing_switched_on_start_is_an_option():
+    torch.manual_seed(0)
+    routing = Routing(64, 8, "relu", bias_init=1.0)
+    torch.testing.assert_close(routing.fc.bias, torch.ones(8))
+    r = routing(torch.rand(16, 64, 5, 5))  # non-negative features, as after a ReLU
+    assert (r > 0).all() and r.mean().item() == pytest.approx(1.0, abs=0.2)
+    routing.reset_parameters()
+    torch.testing.assert_close(routing.fc.bias, torch.ones(8))
+
+
 def test_routing_dropout_only_in_training():
     torch.manual_seed(0)
     routing = Routing(64, 4, "sigmoid", dropout=0.5)

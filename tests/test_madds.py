@@ -32,16 +32,33 @@ def test_backbone_matches_published_madds(name, published, tolerance):
     assert parts == report.madds, "the breakdown adds up to the total"
 
 
+# Published width variants (paper convention): MobileNetV2 from TF-slim's checkpoint table,
+# MobileNetV1 from its paper's Table 6 (TF-slim lists 0.5x as 150M).
+WIDTH_CASES = [
+    ("mobilenet_v2", 0.75, 209e6),
+    ("mobilenet_v2", 0.5, 97e6),
+    ("mobilenet_v2", 0.35, 59e6),
+    ("mobilenet_v1", 0.5, 149e6),
+    ("mobilenet_v1", 0.25, 41e6),
+]
+
+
+@pytest.mark.parametrize("name, width, published", WIDTH_CASES)
+def test_width_variants_match_published_madds(name, width, published):
+    assert count_madds(get_backbone(name, width)).madds == pytest.approx(published, rel=0.005)
+
+
 def test_mnasnet_a1_condconv_last_two_groups_matches_paper():
-    report = count_madds(get_backbone("mnasnet_a1").with_condconv([6, 7], 8))
-    assert report.madds == pytest.approx(325e6, rel=0.015)
+    base = get_backbone("mnasnet_a1")
+    report = count_madds(base.with_condconv([6, 7], 8))
     # Independent implementation: 322.2M, of which 10.65M is kernel mixing.
-    assert report.madds == pytest.approx(322.2e6, rel=0.001)
+    assert report.madds == pytest.approx(322.2e6, abs=0.05e6)
     assert report.condconv_mixing == pytest.approx(10.65e6, rel=0.001)
     assert 0 < report.routing < 10_000
-    assert count_madds(
-        get_backbone("mnasnet_a1").with_condconv([5, 6, 7], 8)
-    ).madds == pytest.approx(324.3e6, rel=0.001)
+    # The paper's 325M is 0.9% above our count of its design.
+    assert report.madds == pytest.approx(325e6, rel=0.01)
+    # The last three groups (TF's EfficientNet-CondConv placement) come closer: 324.3M.
+    assert count_madds(base.with_condconv([5, 6, 7], 8)).madds == pytest.approx(324.3e6, abs=0.05e6)
 
 
 def test_mixing_count_is_experts_times_kernel_size_per_conv():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -13,7 +15,7 @@ from ccsearch.arch.blocks import (
     InvertedResidual,
 )
 from ccsearch.arch.spec import ArchSpec, BlockGroup
-from ccsearch.layers import CondConv2d
+from ccsearch.layers import CondConv2d, Routing
 
 
 class CondConvNet(nn.Module):
@@ -67,28 +69,35 @@ class CondConvNet(nn.Module):
 
 
 def init_weights(model: nn.Module) -> None:
-    """He (fan-out) init for convs and experts, small classifier, zero-init residual branches.
+    """timm's ``_init_weight_goog`` (TF's MnasNet/EfficientNet init), plus zero-init residuals.
 
-    Zeroing the last batch norm of every residual branch starts each block as the
-    identity, which makes the few epochs of a proxy run converge far more reliably.
-    Skipped on the meta device (MADD counting), where values do not exist and torch's
-    init functions are slow.
+    Convs and every CondConv expert: normal(0, sqrt(2 / fan_out)) with
+    ``fan_out = k * k * out / groups`` (a depthwise kernel's fan-out is its k*k taps, as in
+    TF); the classifier uniform in +-1/sqrt(classes); routing as :class:`Routing` starts
+    (bias 0 unless asked otherwise); biases zero.  Zeroing the last batch norm of every
+    residual branch starts each block as the identity, which makes the few epochs of a
+    proxy run converge far more reliably.  Skipped on the meta device (MADD counting),
+    where values do not exist and torch's init functions are slow.
     """
     if any(p.is_meta for p in model.parameters()):
         return
     for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        if isinstance(module, nn.Conv2d | CondConv2d):
+            kh, kw = module.kernel_size
+            std = math.sqrt(2 / (kh * kw * module.out_channels // module.groups))
+            kernels = module.expert_kernels() if isinstance(module, CondConv2d) else [module.weight]
+            for kernel in kernels:  # CondConv: views into the flat [E, params] storage
+                nn.init.normal_(kernel, 0, std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, CondConv2d):
-            for expert in module.expert_kernels():  # views into the flat [E, params] storage
-                nn.init.kaiming_normal_(expert, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, Routing):
+            module.reset_parameters()
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Linear) and module is getattr(model, "classifier", None):
-            nn.init.normal_(module.weight, std=0.01)
+            bound = 1 / math.sqrt(module.out_features)
+            nn.init.uniform_(module.weight, -bound, bound)
             nn.init.zeros_(module.bias)
     for module in model.modules():
         if isinstance(module, Block) and module.has_skip:

@@ -83,10 +83,20 @@ class Routing(nn.Module):
     One ``Routing`` may feed several CondConv layers (every conv of an MBConv block
     shares its block's routing, as in the paper).  ``last_weights`` keeps the most
     recent ``[B, E]`` routing weights (detached) for the routing-sparsity analysis.
+
+    The linear layer starts as in timm (weights uniform in +-1/sqrt(in + E)) with the
+    bias at ``bias_init``: 0 is the paper's (TF) and timm's init, for every activation.
+    ``bias_init=1.0`` is the "switched-on" start: with ReLU no expert starts off for any
+    example (every weight near 1, so the router starts nearly linear), not the paper's.
     """
 
     def __init__(
-        self, in_channels: int, num_experts: int, activation: str = "sigmoid", dropout: float = 0.0
+        self,
+        in_channels: int,
+        num_experts: int,
+        activation: str = "sigmoid",
+        dropout: float = 0.0,
+        bias_init: float = 0.0,
     ):
         super().__init__()
         if activation not in ROUTING_ACTIVATIONS:
@@ -96,13 +106,17 @@ class Routing(nn.Module):
         if num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {num_experts}")
         self.activation = activation
+        self.bias_init = bias_init
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(in_channels, num_experts)
-        if activation == "relu":
-            # A ReLU router whose outputs all start negative zeroes the kernel for every
-            # example and the block never trains; start every expert switched on.
-            nn.init.constant_(self.fc.bias, 1.0)
+        self.reset_parameters()
         self.last_weights: torch.Tensor | None = None
+
+    def reset_parameters(self) -> None:
+        """timm's routing init (``_init_weight_goog``), bias at ``bias_init``."""
+        bound = 1 / math.sqrt(self.fc.in_features + self.fc.out_features)
+        nn.init.uniform_(self.fc.weight, -bound, bound)
+        nn.init.constant_(self.fc.bias, self.bias_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = F.adaptive_avg_pool2d(x, 1).flatten(1)  # [B, C]: global average pool

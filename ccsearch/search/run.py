@@ -163,6 +163,16 @@ def join(storage_url: str, study_name: str) -> SearchRun:
     return _joined(study, storage, StudyConfig(**study.user_attrs["config"]), storage_url, None)
 
 
+def open_folder(out: Path) -> SearchRun:
+    """The study of a run folder (its default SQLite storage), for reading its results."""
+    out = Path(out)
+    if not (out / "study.yaml").is_file() or not (out / "study.db").is_file():
+        raise UserError(f"{out} is not a run folder (no study.yaml and study.db in it)")
+    name = yaml.safe_load((out / "study.yaml").read_text())["study"]["name"]
+    search = join(default_storage(out), name)
+    return replace(search, out=out)
+
+
 def _joined(study, storage, config: StudyConfig, storage_url: str, out: Path | None) -> SearchRun:
     """A process joining a study with trials: its sampler gets a stream of its own, drawn
     at random (process ids repeat across containers) and recorded on its trials."""

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,8 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ccsearch.arch import ArchSpec, build_model
+from ccsearch.arch import ArchSpec, build_model, spec_digest
+from ccsearch.checkpoint import Checkpoint, load_weights, save_checkpoint
 from ccsearch.data import ProxyData
+from ccsearch.errors import UserError
 from ccsearch.train.augment import random_crop_flip
 from ccsearch.train.proxy import ProxyConfig
 
@@ -116,8 +119,15 @@ def train_candidate(
     device: str | torch.device | None = None,
     on_epoch: EpochCallback | None = None,
     seed: int = 0,
+    save_to: Path | None = None,
+    resume: Checkpoint | None = None,
 ) -> TrainResult:
-    """Train ``spec`` (adapted to the proxy) and return its validation accuracy curve."""
+    """Train ``spec`` (adapted to the proxy) and return its validation accuracy curve.
+
+    ``save_to``: write a checkpoint there when training ends (``ccsearch train --save``);
+    ``resume``: go on from a checkpoint of the same model and proxy for its remaining
+    epochs (the LR schedule and data order continue where they stopped; a larger
+    ``epochs`` continues further)."""
     start = time.perf_counter()
     device = resolve_device(device)
     if isinstance(data, ProxyData):
@@ -132,7 +142,7 @@ def train_candidate(
         seed=seed,
     )
     try:
-        _train(spec, proxy, data, device, on_epoch, seed, result)
+        _train(spec, proxy, data, device, on_epoch, seed, result, save_to, resume)
     except torch.OutOfMemoryError as err:
         result.status, result.reason = "failed", f"out of memory: {str(err).splitlines()[0]}"
     finally:
@@ -150,10 +160,17 @@ def _train(
     on_epoch: EpochCallback | None,
     seed: int,
     result: TrainResult,
+    save_to: Path | None = None,
+    resume: Checkpoint | None = None,
 ) -> None:
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model = build_model(proxy.adapt(spec, data.num_classes)).to(device)
+    trained = proxy.adapt(spec, data.num_classes)
+    model = build_model(trained)
+    first_epoch = 1
+    if resume is not None:
+        first_epoch = _resume(model, trained, proxy, resume, generator, result)
+    model = model.to(device)
     result.params = sum(p.numel() for p in model.parameters())
     cuda = device.type == "cuda"
     if cuda:
@@ -166,10 +183,50 @@ def _train(
     batch_size = min(proxy.batch_size, n)
     steps_per_epoch = n // batch_size  # drop the ragged last batch: BN needs > 1 example
     optimizer = _optimizer(model, proxy)
+    if resume is not None and resume.optimizer_state is not None:
+        optimizer.load_state_dict(resume.optimizer_state)
     schedule = _lr_schedule(proxy, steps_per_epoch)
+
+    def keep() -> None:  # after every epoch: a stopped run resumes from its last one
+        save_checkpoint(save_to, model, Checkpoint(
+            spec=trained, candidate=spec, proxy=proxy.to_dict(), data=data.description,
+            seed=seed, epochs_done=result.epochs, curve=list(result.curve),
+            losses=list(result.losses), optimizer_state=optimizer.state_dict(),
+            generator_state=generator.get_state()))
+
+    _epochs(model, proxy, data, device, on_epoch, result, generator, optimizer, schedule,
+            range(first_epoch, proxy.epochs + 1), batch_size, steps_per_epoch, autocast, scaler,
+            keep if save_to is not None else None)
+
+
+def _resume(model, trained: ArchSpec, proxy: ProxyConfig, resume: Checkpoint, generator,
+            result: TrainResult) -> int:
+    """Load a checkpoint of this very model and proxy; the first epoch still to run."""
+    if resume.spec != trained:
+        raise UserError(
+            f"checkpoint {resume.folder} trained {resume.spec.name} "
+            f"({spec_digest(resume.spec)}), not this model ({spec_digest(trained)})"
+        )
+    # More epochs may follow (the cosine schedule then stretches); nothing else may change.
+    changed = sorted(k for k, v in proxy.to_dict().items() if k != "epochs" and resume.proxy.get(k) != v)
+    if changed:
+        raise UserError(f"checkpoint {resume.folder} used another proxy: {', '.join(changed)} differ")
+    load_weights(model, resume.folder / "model.safetensors")
+    if resume.generator_state is not None:
+        generator.set_state(resume.generator_state)
+    result.curve, result.losses = list(resume.curve), list(resume.losses)
+    result.epochs = resume.epochs_done
+    result.top1 = resume.curve[-1] if resume.curve else None
+    return resume.epochs_done + 1
+
+
+def _epochs(model, proxy, data, device, on_epoch, result, generator, optimizer, schedule,
+            epochs, batch_size, steps_per_epoch, autocast, scaler, keep=None) -> None:
+    cuda = device.type == "cuda"
+    n = len(data.train_y)
     train_seconds = 0.0
     images_seen = 0
-    for epoch in range(1, proxy.epochs + 1):
+    for epoch in epochs:
         model.train()
         epoch_start = time.perf_counter()
         order = torch.randperm(n, generator=generator).to(device)
@@ -211,6 +268,8 @@ def _train(
         top1 = evaluate(model, data, batch_size=max(256, batch_size), autocast=autocast)
         result.curve.append(top1)
         result.top1 = top1
+        if keep is not None:
+            keep()
         if on_epoch is not None and on_epoch(epoch, top1):
             result.status, result.reason = "pruned", f"stopped by the pruner after epoch {epoch}"
             return

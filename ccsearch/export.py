@@ -178,13 +178,14 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> dict[st
                           output_names=["logits"], dynamic_shapes=({0: batch},), verbose=False,
                           external_data=False)  # one file: these models are far below 2 GB
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    worst = 0.0
+    worst = 0.0  # relative to the largest logit: float32 itself differs from float64 by ~1e-6
     for n in (1, 3):
         x = torch.randn(n, 3, 224, 224)
         with torch.no_grad():
             expected = model(x)
         got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
-        worst = max(worst, float((got - expected).abs().max()))
+        scale = max(1.0, float(expected.abs().max()))
+        worst = max(worst, float((got - expected).abs().max()) / scale)
     if worst > ONNX_TOLERANCE:
-        raise AssertionError(f"onnxruntime differs from PyTorch by {worst:.2e}")
-    return {"batch": "dynamic", "checked_batches": [1, 3], "max_abs_diff": worst}
+        raise AssertionError(f"onnxruntime differs from PyTorch by {worst:.2e} (relative)")
+    return {"batch": "dynamic", "checked_batches": [1, 3], "max_relative_diff": worst}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -128,6 +129,8 @@ def test_width_multiplier_scales_the_head_by_each_familys_rule(name, width, head
     assert spec.head_channels == head
     assert ArchSpec.from_json(spec.to_json()) == spec
     assert spec.scale_width(1) is spec
+    # A rule for rescaling, not part of the network: the digest ignores it.
+    assert spec_digest(replace(spec, head_scaling="fixed")) == spec_digest(spec)
 
 
 def test_head_scaling_is_validated():

@@ -32,6 +32,7 @@ def mnasnet_a1() -> ArchSpec:
         ],
         stem_channels=32,
         head_channels=1280,
+        head_scaling="fixed",  # TF's MnasNet keeps the head at 1280 at every width
         activation="relu",
     )
 
@@ -65,6 +66,7 @@ def mobilenet_v2() -> ArchSpec:
         ],
         stem_channels=32,
         head_channels=1280,
+        head_scaling="at_least",  # max(1280, 1280 * width), as in timm and TF-slim
         activation="relu6",
     )
 
@@ -84,6 +86,7 @@ def efficientnet_b0() -> ArchSpec:
         ],
         stem_channels=32,
         head_channels=1280,
+        head_scaling="scaled",  # round_filters(1280), as every other layer
         activation="swish",
     )
 

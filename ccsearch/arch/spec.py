@@ -24,6 +24,10 @@ from ccsearch.layers import ROUTING_ACTIVATIONS
 # bottleneck: ResNet bottleneck, where `expansion` is ResNet's out/mid ratio (4).
 BLOCK_TYPES = ("ds", "dsa", "ir", "bottleneck")
 ACTIVATIONS = ("relu", "relu6", "swish")
+# How a width multiplier treats the head conv, per family's published rule:
+# scaled: like every layer (EfficientNet); at_least: max(head, scaled head) (MobileNetV2,
+# timm and TF-slim); fixed: unchanged (MnasNet, TF reference).
+HEAD_SCALINGS = ("scaled", "at_least", "fixed")
 
 
 def _check(ok: bool, where: str, message: str) -> None:
@@ -137,6 +141,7 @@ class ArchSpec:
     stem_stride: int = 2
     stem_pool: bool = False  # ResNet's 3x3/2 max-pool after the stem
     head_channels: int = 1280  # 1x1 conv before pooling; 0 = none (MobileNetV1, ResNet)
+    head_scaling: str = "scaled"  # what scale_width does to the head: one of HEAD_SCALINGS
     num_classes: int = 1000
     activation: str = "relu"
     dropout: float = 0.2  # before the classifier, as in MnasNet / EfficientNet
@@ -164,6 +169,11 @@ class ArchSpec:
             isinstance(self.head_channels, int) and self.head_channels >= 0,
             where,
             f"head_channels must be an integer >= 0, got {self.head_channels!r}",
+        )
+        _check(
+            self.head_scaling in HEAD_SCALINGS,
+            where,
+            f"head_scaling {self.head_scaling!r} is not one of {HEAD_SCALINGS}",
         )
         _check(
             self.activation in ACTIVATIONS,
@@ -198,7 +208,10 @@ class ArchSpec:
         return [i for i, g in enumerate(self.groups, start=1) if g.experts]
 
     def scale_width(self, multiplier: float, divisor: int = 8) -> ArchSpec:
-        """Every channel count times ``multiplier``, rounded to a multiple of ``divisor``."""
+        """Every channel count times ``multiplier``, rounded to a multiple of ``divisor``.
+
+        The head follows ``head_scaling``, the family's own rule.
+        """
         if not isinstance(multiplier, int | float) or not 0 < multiplier <= 8:
             raise UserError(f"width multiplier must be in (0, 8], got {multiplier!r}")
         if multiplier == 1:
@@ -207,11 +220,16 @@ class ArchSpec:
         def scale(channels: int) -> int:
             return make_divisible(channels * multiplier, divisor)
 
+        head = self.head_channels
+        if head and self.head_scaling == "scaled":
+            head = scale(head)
+        elif head and self.head_scaling == "at_least":
+            head = max(head, scale(head))
         return replace(
             self,
             name=f"{self.name}_w{multiplier:g}",
             stem_channels=scale(self.stem_channels),
-            head_channels=scale(self.head_channels) if self.head_channels else 0,
+            head_channels=head,
             groups=tuple(replace(g, channels=scale(g.channels)) for g in self.groups),
         )
 
@@ -285,12 +303,23 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 
 def spec_digest(spec: ArchSpec) -> str:
-    """A short stable identifier of the architecture (ignores name and meta)."""
+    """A short stable identifier of the network a spec builds.
+
+    Ignores name, meta and head_scaling (a rule for rescaling, not part of the network).
+    """
     data = spec.to_dict()
-    data.pop("name")
-    data.pop("meta")
+    for key in ("name", "meta", "head_scaling"):
+        data.pop(key)
     blob = json.dumps(data, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-__all__ = ["ACTIVATIONS", "BLOCK_TYPES", "ArchSpec", "BlockGroup", "make_divisible", "spec_digest"]
+__all__ = [
+    "ACTIVATIONS",
+    "BLOCK_TYPES",
+    "HEAD_SCALINGS",
+    "ArchSpec",
+    "BlockGroup",
+    "make_divisible",
+    "spec_digest",
+]

@@ -73,7 +73,7 @@ def init_weights(model: nn.Module) -> None:
 
     Convs and every CondConv expert: normal(0, sqrt(2 / fan_out)) with
     ``fan_out = k * k * out / groups`` (a depthwise kernel's fan-out is its k*k taps, as in
-    TF); the classifier uniform in +-1/sqrt(classes); routing as :class:`Routing` starts
+    TF); the classifier normal(0, 0.01) (see below); routing as :class:`Routing` starts
     (bias 0 unless asked otherwise); biases zero.  Zeroing the last batch norm of every
     residual branch starts each block as the identity, which makes the few epochs of a
     proxy run converge far more reliably.  Skipped on the meta device (MADD counting),
@@ -96,8 +96,10 @@ def init_weights(model: nn.Module) -> None:
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Linear) and module is getattr(model, "classifier", None):
-            bound = 1 / math.sqrt(module.out_features)
-            nn.init.uniform_(module.weight, -bound, bound)
+            # Not timm's uniform(+-1/sqrt(classes)): at a proxy's 10 classes that starts
+            # 10x larger than at ImageNet's 1000, and MnasNet-A1 + CondConv then reached
+            # 55% instead of 91% top-1 in the smoke proxy's 4 epochs.
+            nn.init.normal_(module.weight, std=0.01)
             nn.init.zeros_(module.bias)
     for module in model.modules():
         if isinstance(module, Block) and module.has_skip:

@@ -32,6 +32,41 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def plural(n: int, word: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def format_params(n: int) -> str:
+    """2_412_345 -> '2.41M', 470_032 -> '470.0K', 432 -> '432'."""
+    if n >= 1e6:
+        return f"{n / 1e6:.2f}M"
+    return f"{n / 1e3:.1f}K" if n >= 1e3 else str(int(n))
+
+
+def check_device(device: str, available: bool = True) -> str:
+    """``--device`` as given, if it is ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` and (with
+    ``available``) this machine has it; else a ``UserError``."""
+    kind, colon, index = device.partition(":")
+    if kind not in ("auto", "cpu", "cuda") or (colon and (kind != "cuda" or not index.isdigit())):
+        raise UserError(f"--device {device}: use auto, cpu, cuda or cuda:N")
+    if available and kind == "cuda":
+        count = _cuda_count()
+        if not count:
+            raise UserError(f"--device {device}: no CUDA device is available here "
+                            "(use --device cpu, or auto)")
+        if colon and int(index) >= count:
+            raise UserError(f"--device {device}: this machine has {count} CUDA device(s), "
+                            f"cuda:0..cuda:{count - 1}")
+    return device
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def parse_groups(text: str, num_groups: int) -> list[int]:
     """``"6,7"``, ``"5-7"`` or ``"all"`` -> block-group numbers (1-based)."""
     if text.strip().lower() == "all":
@@ -42,6 +77,9 @@ def parse_groups(text: str, num_groups: int) -> list[int]:
         try:
             if "-" in part:
                 lo, hi = (int(x) for x in part.split("-", 1))
+                if lo > hi:
+                    raise UserError(f"--condconv {text!r}: the range {part!r} is reversed "
+                                    f"(use {hi}-{lo})")
                 groups.extend(range(lo, hi + 1))
             else:
                 groups.append(int(part))
@@ -100,12 +138,13 @@ def _print_madds(spec: ArchSpec, report: MaddsReport) -> None:
     if report.skipped_ops:
         skipped = ", ".join(f"{op} x{n}" for op, n in sorted(report.skipped_ops.items()))
         print(f"        ops fvcore counts as zero: {skipped}")
-    print(f"params: {report.params / 1e6:.2f}M ({report.params:,})")
+    print(f"params: {format_params(report.params)} ({report.params:,})")
     print()
     print(f"{'group':>5}  {'block':<42} {'MADDs':>9} {'params':>9}")
     print(f"{'stem':>5}  {'':<42} {format_madds(report.stem):>9}")
     for g in report.groups:
-        print(f"{g.index:>5}  {g.block:<42} {format_madds(g.madds):>9} {g.params / 1e6:>8.2f}M")
+        print(f"{g.index:>5}  {g.block:<42} {format_madds(g.madds):>9} "
+              f"{format_params(g.params):>9}")
     print(f"{'head':>5}  {'':<42} {format_madds(report.head):>9}")
 
 
@@ -148,16 +187,20 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from ccsearch.train import get_proxy, load_proxy_data, train_candidate
 
+    check_device(args.device)
     spec = resolve_spec(args.model, args.condconv, args.experts, args.routing, args.width)
     proxy = get_proxy(args.proxy, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
     data = load_proxy_data(proxy, args.data, seed=args.seed)
     madds = count_madds(spec)
+    reduced = [f"{k} {v:g}x" for k, v in (("width", proxy.width), ("depth", proxy.depth)) if v != 1]
     if not args.json:
         print(
             f"training {spec.name} ({format_madds(madds.madds)} MADDs at 224px, paper convention)"
         )
+        copy = f", on a reduced copy of the model ({', '.join(reduced)})" if reduced else ""
         print(
-            f"proxy {proxy.name}: {proxy.epochs} epochs at {proxy.resolution}px on {data.description}"
+            f"proxy {proxy.name}: {plural(proxy.epochs, 'epoch')} at {proxy.resolution}px on "
+            f"{data.description}{copy}"
         )
 
     def report(epoch: int, top1: float) -> bool:
@@ -173,18 +216,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train_candidate(spec, proxy, data, device=args.device, on_epoch=report, seed=args.seed,
                              save_to=args.save, resume=resume)
     if args.json:
-        out = {**result.to_dict(), "madds": madds.madds, "convention": madds.convention}
+        out = result.to_dict()
+        # The trained copy (proxy width, depth and classes) next to the full model's counts.
+        out["proxy_params"] = out.pop("params")
+        out.update(params=madds.params, madds=madds.madds, convention=madds.convention)
         print(
             json.dumps({**out, "spec": spec.to_dict(), "proxy_config": proxy.to_dict()}, indent=2)
         )
     else:
         top1 = "n/a" if result.top1 is None else f"{result.top1:.1f}%"
         print(
-            f"{result.status}: top-1 {top1} after {result.epochs} epochs, "
+            f"{result.status}: top-1 {top1} after {plural(result.epochs, 'epoch')}, "
             f"{result.wall_time:.1f}s, {result.images_per_sec:.0f} images/s on {result.device}"
         )
         if result.reason:
             print(f"reason: {result.reason}")
+        trained = "the reduced copy" if reduced else "the model"
+        print(f"params: {format_params(result.params)} in {trained} trained "
+              f"({data.num_classes} classes), {format_params(madds.params)} in the full model "
+              f"({spec.num_classes} classes)")
         if result.smoke_test:
             print(
                 "note: digits is a smoke-test proxy, not ImageNet; its accuracy says nothing about ImageNet"
@@ -199,7 +249,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_prepare_data(args: argparse.Namespace) -> int:
     from ccsearch.data import prepare_imagenet_cache
+    from ccsearch.data.cache import is_cache_dir
 
+    if is_cache_dir(args.out) and not args.force:
+        raise UserError(f"{args.out} already holds a cache: pass --force to replace it, "
+                        "or -o another folder")
     out = prepare_imagenet_cache(
         args.root,
         args.out,
@@ -212,13 +266,27 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
     )
     manifest = json.loads((out / "manifest.json").read_text())
     counts, skipped = manifest["counts"], manifest["skipped"]["count"]
+    resolution, classes = manifest["resolution"], len(manifest["class_names"])
     print(
         f"cache written to {out}: {counts['train']} train and {counts['val']} val images of "
-        f"{len(manifest['class_names'])} classes at {manifest['resolution']}px; "
-        f"{skipped} unreadable images skipped"
+        f"{classes} classes at {resolution}px; {skipped} unreadable images skipped"
     )
-    print(f"use it with: ccsearch train mnasnet_a1 --proxy imagenet100-64px --data {out}")
+    print(_cache_hint(out, resolution, classes))
     return 0
+
+
+def _cache_hint(out, resolution: int, classes: int) -> str:
+    """How to train on a cache: a preset that fits it, else the proxy YAML to write."""
+    from ccsearch.train import PRESETS
+
+    for name, proxy in PRESETS.items():
+        fits = proxy.resolution <= resolution and (proxy.classes or 0) <= classes
+        if proxy.data == "imagenet" and fits:
+            return f"use it with: ccsearch train mnasnet_a1 --proxy {name} --data {out}"
+    return (f"no proxy preset fits {resolution}px and {classes} classes: write a proxy YAML "
+            f"(e.g. my_proxy.yaml with data: imagenet, resolution: {resolution}, classes: "
+            f"{classes}, epochs: 10), then: ccsearch train mnasnet_a1 --proxy my_proxy.yaml "
+            f"--data {out}")
 
 
 # ---- ccsearch run / worker ---------------------------------------------------------------
@@ -260,13 +328,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from ccsearch.results import summary_counts
     from ccsearch.search import backends, run
+    from ccsearch.search.backends.workers import STORAGE_ENV
     from ccsearch.search.storage import shown_url
     from ccsearch.search.study import load_study_config
-    from ccsearch.train import get_proxy, load_proxy_data
+    from ccsearch.train import load_proxy_data
 
     _quiet_optuna()
+    # Everything a user can get wrong is checked before the run folder or study exists.
+    check_device(args.device, available=args.address is None)  # Ray checks a cluster's GPUs
     base = load_study_config(args.study)
-    config = base.with_overrides(budget=args.budget, trials=args.trials, proxy=args.proxy, seed=args.seed)
+    config = base.with_overrides(budget=args.budget, trials=args.trials, proxy=args.proxy,
+                                 seed=args.seed, epochs=args.epochs)
     config = replace(config, name=args.name or config.run_name(base.budget))
     if args.backend == "ray" and args.workers != 1:
         raise UserError("--workers is for --backend optuna; Ray runs as many trials at once as "
@@ -274,34 +346,47 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.backend == "optuna" and (args.address or args.gpus_per_trial is not None
                                      or args.cpus_per_trial is not None):
         raise UserError("--address, --cpus-per-trial and --gpus-per-trial need --backend ray")
-    proxy = get_proxy(config.proxy)
-    data = load_proxy_data(proxy, args.data, seed=config.seed)  # fail before writing anything
+    if not args.resume:
+        config.check_budget()
+    proxy = config.proxy_config()
+    data = load_proxy_data(proxy, args.data, seed=config.seed)
     if args.backend == "ray":
-        options = backends.RayOptions(address=args.address, cpus_per_trial=args.cpus_per_trial or 1.0,
+        cpus = 1.0 if args.cpus_per_trial is None else args.cpus_per_trial
+        options = backends.RayOptions(address=args.address, cpus_per_trial=cpus,
                                       gpus_per_trial=args.gpus_per_trial)
+        if args.address is None and args.gpus_per_trial and not _cuda_count():
+            raise UserError(f"--gpus-per-trial {args.gpus_per_trial:g}: this machine has no GPU "
+                            "(use --gpus-per-trial 0, or --address of a cluster with GPUs)")
         backend = backends.RayTune(data, options, device=args.device)
     elif args.workers == 1:
         backend = backends.InProcess(args.data, args.device, proxy_data=data)
     else:
         backend = backends.WorkerProcesses(args.workers, args.data, args.device)
     out = Path(args.out) if args.out else Path("runs") / config.name
+    storage = args.storage or os.environ.get(STORAGE_ENV)
+    existed = out.exists()
     if args.resume:
-        search, waiting = run.resume(config, out, args.storage, data=data.description,
+        search, waiting = run.resume(config, out, storage, data=data.description,
                                      keep_trials=args.trials is None)
         config = search.config
         if waiting:
             print(f"resuming: trials {waiting} retry architectures whose trials were interrupted")
     else:
-        search = run.create(config, out, args.storage, data=data.description)
+        search = run.create(config, out, storage, data=data.description)
     print(f"study {config.name}: {config.search_space} under {format_madds(config.budget)} MADDs "
-          f"({config.convention} convention, 224px), {config.trials} candidates, {config.sampler} sampler, "
-          f"{config.pruner} pruning")
-    print(f"proxy {proxy.name} on {data.description}")
+          f"({config.convention} convention, 224px), {plural(config.trials, 'candidate')}, "
+          f"{config.sampler} sampler, {'no' if config.pruner == 'none' else config.pruner} pruning")
+    print(f"proxy {proxy.name} on {data.description}, "
+          f"{plural(proxy.epochs, 'epoch')} per candidate")
     print(f"storage {shown_url(search.storage_url)}")
     what = f"{args.workers} workers" if args.workers > 1 else data.description
     bar, progress = _progress(config, "", what, args.quiet)
     try:
         backend.run(search, progress)
+    except UserError:
+        if not args.resume and not search.study.trials:  # refused before any trial:
+            run.discard(search, existed)  # a retry must not meet "already holds a study"
+        raise
     except KeyboardInterrupt:
         run.finalize(search)  # the finished trials' results, before exiting 130
         raise
@@ -311,7 +396,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     files = run.finalize(search)
     table, front = files.table, files.front
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary_counts(table).items()))
-    print(f"\n{len(table)} trials: {counts}")
+    print(f"\n{plural(len(table), 'trial')}: {counts}")
     if front.empty:
         print("no trained candidate within the budget yet: nothing on the Pareto front")
     else:
@@ -319,7 +404,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         shown = front.assign(
             top1=front["top1"].map("{:.1f}%".format),
             madds=front["madds"].map(format_madds),
-            params=front["params"].map(lambda p: f"{p / 1e6:.2f}M"),
+            params=front["params"].map(format_params),
         )[["trial", "top1", "madds", "params", "condconv", "experts", "routing"]]
         print(shown.to_string(index=False))
     if data.is_smoke_test:
@@ -329,6 +414,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if files.best is not None:
         top = files.top
         again = f"ccsearch train {files.best} --proxy {config.proxy} --seed {int(top['seed'])}"
+        if config.epochs is not None:
+            again += f" --epochs {config.epochs}"
         if args.data:
             again += f" --data {args.data}"
         print(f"best:      {files.best}  (trial {top['trial']}, {top['top1']:.1f}% at "
@@ -339,11 +426,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from ccsearch.search import backends, run
     from ccsearch.search.backends.workers import STORAGE_ENV
+    from ccsearch.search.storage import open_storage
 
+    check_device(args.device)
     _quiet_optuna()
     storage = args.storage or os.environ.get(STORAGE_ENV)
     if not storage:
         raise UserError(f"ccsearch worker needs --storage URL (or {STORAGE_ENV} in the environment)")
+    open_storage(storage, heartbeats=False, must_exist=True)  # a worker never creates one
     search = run.join(storage, args.study)
     bar, progress = _progress(search.config, f"worker {os.getpid()} ", "", args.quiet)
     try:
@@ -449,7 +539,9 @@ def cmd_latency(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ccsearch.latency import measure_latency
+    from ccsearch.train import resolve_device
 
+    device = str(resolve_device(check_device(args.device)))  # auto: cuda if there is one
     model = None
     if Path(args.model, "arch.json").is_file():
         from ccsearch.export import load
@@ -462,8 +554,8 @@ def cmd_latency(args: argparse.Namespace) -> int:
         batches = [int(b) for b in args.batch.split(",")]
     except ValueError:
         raise UserError(f"--batch {args.batch!r}: use sizes like 1,32") from None
-    rows = measure_latency(spec, batches, device=args.device, threads=args.threads, model=model)
-    print(f"{spec.name} against its backbone without CondConv, 224px, {args.device}, "
+    rows = measure_latency(spec, batches, device=device, threads=args.threads, model=model)
+    print(f"{spec.name} against its backbone without CondConv, 224px, {device}, "
           f"{torch_threads()} threads (median of interleaved runs)")
     print(f"{'batch':>5}  {'model ms':>9}  {'backbone ms':>11}  {'latency':>8}  {'MADDs':>6}")
     for r in rows:
@@ -492,8 +584,14 @@ def _add_model_arguments(p: argparse.ArgumentParser, positional: str | None = "m
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ccsearch import __version__
+    from ccsearch.config import shipped
+    from ccsearch.train import PRESETS
+
     parser = _Parser(prog="ccsearch", description="Neural architecture search over CondConv.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.add_argument("--version", action="version", version=f"ccsearch {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    presets = ", ".join(PRESETS)
 
     p = sub.add_parser("madds", help="count multiply-adds of a backbone or spec (fvcore)")
     _add_model_arguments(p)
@@ -506,7 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one candidate on a proxy task and print its accuracy")
     _add_model_arguments(p)
-    p.add_argument("--proxy", default="smoke", help="proxy preset or .yaml file (default smoke)")
+    p.add_argument("--proxy", default="smoke",
+                   help=f"proxy preset ({presets}) or .yaml file (default smoke)")
     p.add_argument(
         "--data", help="data source, PATH (format detected) or SOURCE=PATH; default: the proxy's"
     )
@@ -537,14 +636,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, default=64, help="stored image size (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the class subset (default 0)")
     p.add_argument("--workers", type=int, help="decoding processes (default: all cores)")
+    p.add_argument("--force", action="store_true", help="replace an existing cache at --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_prepare_data)
 
     p = sub.add_parser("run", help="search CondConv architectures under a MADD budget")
     p.add_argument("--budget", help="MADD budget at 224px: 325M, 0.6G, 4.1e9 (default: the study's)")
-    p.add_argument("--study", default="mnasnet_a1_325m", help="shipped study name or .yaml file (default mnasnet_a1_325m)")
+    p.add_argument("--study", default="mnasnet_a1_325m",
+                   help=f"shipped study ({', '.join(shipped('studies'))}) or .yaml file "
+                        "(default mnasnet_a1_325m)")
     p.add_argument("--trials", type=int, help="candidates to train (default: the study's)")
-    p.add_argument("--proxy", help="proxy preset or .yaml file (default: the study's)")
+    p.add_argument("--proxy", help=f"proxy preset ({presets}) or .yaml file (default: the study's)")
+    p.add_argument("--epochs", type=int, help="override the proxy's epochs (kept by the study)")
     p.add_argument("--data", help="data source, PATH or SOURCE=PATH (default: the proxy's; digits = embedded)")
     p.add_argument("--backend", choices=["optuna", "ray"], default="optuna", help="trial runner (default optuna)")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
@@ -588,7 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(p, what=f"a backbone ({', '.join(BACKBONES)}), a spec .json file or an "
                                  "export folder")
     p.add_argument("--batch", default="1,32", help="batch sizes (default 1,32)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    p.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N (default cpu)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.set_defaults(func=cmd_latency)
 
@@ -599,7 +702,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # a bare `ccsearch`: what it can do
+        parser.print_help(sys.stderr)
+        return 2
     try:
         return args.func(args)
     except UserError as err:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,7 +30,7 @@ from ccsearch.data._common import (
 )
 from ccsearch.data._jpeg import decode_into
 from ccsearch.data._proxy import ProxyData
-from ccsearch.data.imagenet import select_imagenet
+from ccsearch.data.imagenet import check_readable, select_imagenet
 from ccsearch.errors import UserError
 
 FORMAT = "ccsearch-imagenet-cache"
@@ -67,6 +68,7 @@ def _check_out_dir(out_dir: Path) -> None:
 
 def _write_split(
     tmp: Path,
+    root: Path,
     split: str,
     paths: list[Path],
     y: np.ndarray,
@@ -78,6 +80,7 @@ def _write_split(
     full = tmp / f"{split}_x.partial.npy"
     x = open_memmap(full, mode="w+", dtype=np.uint8, shape=(len(paths), resolution, resolution, 3))
     ok = decode_into(paths, x, resolution, workers=workers, progress=progress, desc=split)
+    check_readable(split, paths, ok, root)
     x.flush()
     final = tmp / f"{split}_x.npy"
     if ok.all():
@@ -137,9 +140,11 @@ def prepare_imagenet_cache(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         skipped = _write_split(
-            tmp, "train", sel.train_paths, sel.train_y, resolution, workers, progress
+            tmp, root, "train", sel.train_paths, sel.train_y, resolution, workers, progress
         )
-        skipped += _write_split(tmp, "val", sel.val_paths, sel.val_y, resolution, workers, progress)
+        skipped += _write_split(
+            tmp, root, "val", sel.val_paths, sel.val_y, resolution, workers, progress
+        )
         files = {}
         for name in ARRAYS:
             path = tmp / f"{name}.npy"
@@ -171,6 +176,9 @@ def prepare_imagenet_cache(
             "files": files,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the cache from other users
         _check_out_dir(out_dir)  # it may have changed while we decoded
         _move_into_place(tmp, out_dir)
     except BaseException:

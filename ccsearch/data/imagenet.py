@@ -155,6 +155,13 @@ def select_imagenet(
     )
 
 
+def check_readable(split: str, paths: list[Path], ok: np.ndarray, root: Path) -> None:
+    """Refuse a split with no image that decoded: nothing to train or measure on."""
+    if not ok.any():
+        how = f"all {len(paths)} failed to decode (e.g. {paths[0]})" if paths else "none found"
+        raise UserError(f"no readable {split} images in {root}: {how}")
+
+
 def load_imagenet(
     root: Path | None,
     *,
@@ -173,6 +180,7 @@ def load_imagenet(
     ):
         x = np.zeros((len(paths), resolution, resolution, 3), np.uint8)
         ok = decode_into(paths, x, resolution, desc=desc)
+        check_readable(desc, paths, ok, sel.root)
         skipped += int((~ok).sum())
         splits += [x[ok] if not ok.all() else x, y[ok]]
     note = f", {skipped} unreadable images skipped" if skipped else ""

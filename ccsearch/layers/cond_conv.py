@@ -37,6 +37,31 @@ def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(value)  # type: ignore[return-value]
 
 
+def _explicit_padding(
+    padding: int | tuple[int, int] | str,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+) -> tuple[int, int]:
+    """``nn.Conv2d``'s padding as (h, w) pixels per side: ``"valid"`` is 0, ``"same"`` is
+    half the kernel's reach (stride 1 and an odd reach only, which pad evenly)."""
+    if not isinstance(padding, str):
+        return _pair(padding)
+    if padding == "valid":
+        return (0, 0)
+    if padding != "same":
+        raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+    if stride != (1, 1):
+        raise ValueError("padding='same' is not supported for strided convolutions")
+    reach = [d * (k - 1) for k, d in zip(kernel, dilation, strict=True)]
+    if any(r % 2 for r in reach):
+        raise ValueError(
+            f"padding='same' with kernel {kernel} and dilation {dilation} pads unevenly, "
+            "which CondConv2d does not support: give the padding explicitly"
+        )
+    return (reach[0] // 2, reach[1] // 2)
+
+
 def tiny_map_crop(
     kernel: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int], size: tuple[int, int]
 ) -> tuple[int, int] | None:
@@ -97,6 +122,8 @@ class Routing(nn.Module):
         activation: str = "sigmoid",
         dropout: float = 0.0,
         bias_init: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ):
         super().__init__()
         if activation not in ROUTING_ACTIVATIONS:
@@ -108,7 +135,7 @@ class Routing(nn.Module):
         self.activation = activation
         self.bias_init = bias_init
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.fc = nn.Linear(in_channels, num_experts)
+        self.fc = nn.Linear(in_channels, num_experts, device=device, dtype=dtype)
         self.reset_parameters()
         self.last_weights: torch.Tensor | None = None
 
@@ -142,6 +169,10 @@ class CondConv2d(nn.Module):
     passes the routing weights, ``forward(x, routing_weights)``, so that several
     layers can share one :class:`Routing`.
 
+    It takes ``nn.Conv2d``'s arguments: ``padding`` may also be ``"same"`` (odd kernel
+    reach, stride 1: an even one pads unevenly and is refused) or ``"valid"``, and
+    ``padding_mode`` any of ``PADDING_MODES`` (non-zero modes pad the input first).
+
     ``impl`` picks the execution: ``"conv"`` (grouped convolution over the batch),
     ``"bmm"`` (batched matmul, pointwise ungrouped kernels only), ``"experts"`` (every
     expert's output, then mixed) or ``"auto"`` (pointwise: ``experts`` on maps of at
@@ -150,6 +181,7 @@ class CondConv2d(nn.Module):
     """
 
     EXPERTS_FIRST_MAX_PIXELS = 4  # measured crossover on CPU (benchmarks/bench_condconv.py)
+    PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
     def __init__(
         self,
@@ -157,10 +189,14 @@ class CondConv2d(nn.Module):
         out_channels: int,
         kernel_size: int | tuple[int, int],
         stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] = 0,
+        padding: int | tuple[int, int] | str = 0,
         dilation: int | tuple[int, int] = 1,
         groups: int = 1,
         bias: bool = True,
+        padding_mode: str = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
         num_experts: int = 8,
         routing: str | None = "sigmoid",
         routing_dropout: float = 0.0,
@@ -178,10 +214,15 @@ class CondConv2d(nn.Module):
             raise ValueError(f"impl must be 'auto', 'conv', 'bmm' or 'experts', got {impl!r}")
         self.in_channels = in_channels
         self.out_channels = out_channels
+        if padding_mode not in self.PADDING_MODES:
+            raise ValueError(
+                f"padding_mode must be one of {self.PADDING_MODES}, got {padding_mode!r}"
+            )
         self.kernel_size = _pair(kernel_size)
         self.stride = _pair(stride)
-        self.padding = _pair(padding)
         self.dilation = _pair(dilation)
+        self.padding = _explicit_padding(padding, self.kernel_size, self.stride, self.dilation)
+        self.padding_mode = padding_mode
         self.groups = groups
         self.num_experts = num_experts
         self.pointwise = self.kernel_size == (1, 1) and self.padding == (0, 0) and groups == 1
@@ -191,10 +232,14 @@ class CondConv2d(nn.Module):
 
         self.weight_shape = (out_channels, in_channels // groups, *self.kernel_size)
         # Experts stored flat so that one matmul mixes them: [E, out * in/g * kh * kw].
-        self.weight = nn.Parameter(torch.empty(num_experts, math.prod(self.weight_shape)))
-        self.bias = nn.Parameter(torch.empty(num_experts, out_channels)) if bias else None
+        factory = {"device": device, "dtype": dtype}
+        size = math.prod(self.weight_shape)
+        self.weight = nn.Parameter(torch.empty(num_experts, size, **factory))
+        self.bias = nn.Parameter(torch.empty(num_experts, out_channels, **factory)) if bias else None
         self.routing = (
-            Routing(in_channels, num_experts, routing, routing_dropout) if routing else None
+            Routing(in_channels, num_experts, routing, routing_dropout, **factory)
+            if routing
+            else None
         )
         self.reset_parameters()
 
@@ -212,9 +257,13 @@ class CondConv2d(nn.Module):
         if routing_weights is None:
             assert self.routing is not None, "routing=None: pass routing_weights to forward"
             routing_weights = self.routing(x)
+        padding = self.padding
+        if self.padding_mode != "zeros" and padding != (0, 0):
+            ph, pw = padding
+            x, padding = F.pad(x, (pw, pw, ph, ph), mode=self.padding_mode), (0, 0)
         impl = self._choose_impl(x)
         if impl == "experts":
-            return self._forward_experts_first(x, routing_weights)
+            return self._forward_experts_first(x, routing_weights, padding)
         b, c, h, w = x.shape
         kernels = routing_weights @ self.weight  # [B, E] @ [E, P] -> [B, P]: one kernel per example
         bias = routing_weights @ self.bias if self.bias is not None else None  # [B, out]
@@ -234,7 +283,7 @@ class CondConv2d(nn.Module):
             kernels,
             bias.reshape(-1) if bias is not None else None,
             self.stride,
-            self.padding,
+            padding,
             self.dilation,
             groups=b * self.groups,
         )  # [1, B*out, H', W']
@@ -249,14 +298,16 @@ class CondConv2d(nn.Module):
         pixels = -(-x.shape[2] // self.stride[0]) * -(-x.shape[3] // self.stride[1])
         return "experts" if not tracing and pixels <= self.EXPERTS_FIRST_MAX_PIXELS else "bmm"
 
-    def _forward_experts_first(self, x: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
+    def _forward_experts_first(
+        self, x: torch.Tensor, routing_weights: torch.Tensor, padding: tuple[int, int]
+    ) -> torch.Tensor:
         """Run all E experts as one convolution, then mix their outputs per example."""
         b, e, g = x.shape[0], self.num_experts, self.groups
         out_g = self.out_channels // g
         # Group-major stacking so a grouped conv sees each group's E*out/g kernels together.
         weight = self.weight.view(e, g, out_g, *self.weight_shape[1:]).transpose(0, 1)
         weight = weight.reshape(g * e * out_g, *self.weight_shape[1:])  # [g*E*out/g, in/g, kh, kw]
-        y = conv2d_tiny_aware(x, weight, None, self.stride, self.padding, self.dilation, g)
+        y = conv2d_tiny_aware(x, weight, None, self.stride, padding, self.dilation, g)
         y = y.view(b, g, e, out_g, y.shape[-2], y.shape[-1])  # [B, g, E, out/g, H', W']
         out = torch.einsum("be,bgeohw->bgohw", routing_weights, y)
         out = out.reshape(b, self.out_channels, y.shape[-2], y.shape[-1])
@@ -269,9 +320,10 @@ class CondConv2d(nn.Module):
         return self.weight.view(self.num_experts, *self.weight_shape)
 
     def extra_repr(self) -> str:
+        mode = f"padding_mode={self.padding_mode!r}, " if self.padding_mode != "zeros" else ""
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
-            f"groups={self.groups}, bias={self.bias is not None}, "
+            f"groups={self.groups}, bias={self.bias is not None}, {mode}"
             f"num_experts={self.num_experts}, impl={self.impl!r}"
         )

@@ -130,8 +130,10 @@ def resume(
     try:
         study = optuna.load_study(study_name=config.name, storage=storage)
     except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         raise UserError(
-            f"no study named {config.name!r} in {shown_url(storage_url)} to resume"
+            f"no study named {config.name!r} in {shown_url(storage_url)} to resume; "
+            f"studies there: {names}"
         ) from None
     stored = StudyConfig(**study.user_attrs["config"])
     if keep_trials:
@@ -200,6 +202,19 @@ def finalize(run: SearchRun) -> RunFiles | None:
     if top is not None:
         best = write_best_arch(run.study, top, run.out / "best_arch.json")
     return RunFiles(results, pareto, best, table, front, top)
+
+
+def discard(run: SearchRun, existed: bool) -> None:
+    """Undo ``create`` for a run refused before its first trial: the study (in a storage
+    of its own) and the run folder, or what ``create`` wrote into a folder that existed."""
+    if run.storage_url != default_storage(run.out):
+        optuna.delete_study(study_name=run.config.name, storage=run.storage)
+    if not existed:
+        shutil.rmtree(run.out, ignore_errors=True)
+        return
+    for name in ("study.db", "study.yaml"):
+        (run.out / name).unlink(missing_ok=True)
+    shutil.rmtree(run.out / "ray", ignore_errors=True)
 
 
 def _remove_if_new(out: Path, existed: bool) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import unquote, unquote_plus
 
 import optuna
@@ -34,10 +35,14 @@ _QUERY_ITEM = re.compile(r"([^&;=]*)=([^&;]*)")
 
 
 def open_storage(
-    url: str, heartbeats: bool = True, on_stale: StaleTrialCallback | None = None
+    url: str,
+    heartbeats: bool = True,
+    on_stale: StaleTrialCallback | None = None,
+    must_exist: bool = False,
 ) -> optuna.storages.BaseStorage:
     """The storage at ``url``; a ``UserError`` (with the password masked) if it cannot be
-    opened.
+    opened.  ``must_exist``: refuse a SQLite or journal file that is not there rather than
+    create it (a worker or resume joins a storage, it never makes one).
 
     With ``heartbeats`` (RDB storages only) a trial's owner beats every ``HEARTBEAT``
     seconds (``recovery.Heartbeat``) and ``on_stale(study, trial)`` is called for each
@@ -47,6 +52,8 @@ def open_storage(
         path = url.removeprefix("journal:")
         if not path:
             raise UserError(f"storage {shown_url(url)!r} has no path: use journal:PATH")
+        if must_exist:
+            _check_exists(url, path)
         try:
             return JournalStorage(JournalFileBackend(path))
         except OSError as err:
@@ -61,6 +68,10 @@ def open_storage(
     if dialect in ("postgres", "postgresql"):
         dialect, driver = "postgresql", driver or "+psycopg"  # the driver ccsearch installs
     rdb_url = f"{dialect}{driver.lower()}://{url[match.end() :]}"
+    if must_exist and dialect == "sqlite":
+        from sqlalchemy.engine import make_url
+
+        _check_exists(url, make_url(rdb_url).database or ":memory:")
     engine_kwargs = (
         {"connect_args": {"timeout": 120}} if dialect == "sqlite" else {"pool_pre_ping": True}
     )
@@ -81,6 +92,12 @@ def open_storage(
         lines = str(err).strip().splitlines()
         message = _scrub(lines[0] if lines else type(err).__name__, url, rdb_url)
         raise UserError(f"cannot open storage {shown_url(url)!r}: {message}") from None
+
+
+def _check_exists(url: str, path: str) -> None:
+    if path == ":memory:" or not Path(path).expanduser().is_file():
+        raise UserError(f"no storage at {shown_url(url)!r}: {path} does not exist "
+                        "(ccsearch run creates a study's storage)")
 
 
 def shown_url(url: str) -> str:

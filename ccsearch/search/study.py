@@ -8,10 +8,12 @@ from typing import Any
 
 import optuna
 
+from ccsearch.arch import ArchSpec, get_backbone
 from ccsearch.config import check_fields, load_yaml_mapping, resolve_config
 from ccsearch.errors import UserError
-from ccsearch.madds import CONVENTIONS, exact_madds_label, parse_madds
+from ccsearch.madds import CONVENTIONS, count_madds, exact_madds_label, format_madds, parse_madds
 from ccsearch.search.space import SearchSpace, load_search_space
+from ccsearch.train.proxy import ProxyConfig, get_proxy
 
 SAMPLERS = ("nsga2", "tpe", "random", "grid")
 PRUNERS = ("median", "successive_halving", "none")
@@ -31,6 +33,7 @@ class StudyConfig:
     population_size: int = 8  # NSGA-II generation size; small because proxy runs are costly
     startup_trials: int = 4  # random trials before TPE models / pruning kicks in
     description: str = ""
+    epochs: int | None = None  # replaces the proxy's epochs (``run --epochs``)
 
     def __post_init__(self) -> None:
         where = f"study {self.name!r}"
@@ -49,11 +52,37 @@ class StudyConfig:
                 f"{where}: the nsga2 sampler needs population_size >= 2, "
                 f"got {self.population_size!r}"
             )
+        if self.epochs is not None and (
+            not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 1
+        ):
+            raise UserError(f"{where}: epochs must be a positive integer, got {self.epochs!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise UserError(f"{where}: seed must be an integer >= 0, got {self.seed!r}")
 
     def space(self) -> SearchSpace:
         return load_search_space(self.search_space)
+
+    def proxy_config(self) -> ProxyConfig:
+        """The proxy every trial trains on: ``proxy`` with the study's ``epochs``, if set."""
+        return get_proxy(self.proxy, epochs=self.epochs)
+
+    def check_budget(self) -> None:
+        """Refuse a budget below the space's smallest candidate: nothing would train."""
+        space = self.space()
+        smallest = count_madds(smallest_candidate(space), convention=self.convention).madds
+        if self.budget >= smallest:
+            return
+        se = {"none": ", SE off", "backbone": "", "all": ", SE everywhere"}[_smallest_se(space)]
+        hint, b = "", self.budget
+        if b < 10**6:  # almost surely a missing unit
+            hint = (f"; budgets count multiply-adds: did you mean {b}M?" if b * 10**6 >= smallest
+                    else f"; budgets count multiply-adds and take a unit ({b}M is {b} million)")
+        raise UserError(
+            f"budget {exact_madds_label(self.budget)} is below every candidate of "
+            f"{space.name}: the smallest, {space.backbone} without CondConv at width "
+            f"{min(space.width):g}{se}, has {format_madds(smallest)} MADDs "
+            f"({self.convention} convention, 224px){hint}"
+        )
 
     def with_overrides(self, **overrides: Any) -> StudyConfig:
         overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -104,10 +133,29 @@ class StudyConfig:
         return optuna.samplers.RandomSampler(seed=seed)
 
 
+def _smallest_se(space: SearchSpace) -> str:
+    return next(s for s in ("none", "backbone", "all") if s in space.se)
+
+
+def smallest_candidate(space: SearchSpace) -> ArchSpec:
+    """A lower bound of the space's MADDs: its backbone without CondConv at its smallest
+    width, with the least squeeze-excite it allows."""
+    spec = get_backbone(space.backbone, min(space.width))
+    se = _smallest_se(space)
+    if se != "backbone":
+        ratio = 0.25 if se == "all" else 0.0
+        spec = replace(spec, groups=tuple(replace(g, se=ratio) for g in spec.groups))
+    return spec
+
+
 def load_study_config(name_or_path: str | Path) -> StudyConfig:
     path = resolve_config("studies", name_or_path)
     data = load_yaml_mapping(path)
     data.setdefault("name", path.stem)
+    for key in ("search_space", "proxy"):  # a file named in a study is next to the study
+        value = data.get(key)
+        if isinstance(value, str) and (value.endswith((".yaml", ".yml")) or "/" in value):
+            data[key] = str((path.parent / Path(value).expanduser()).resolve())
     known = set(StudyConfig.__dataclass_fields__)
     check_fields(path, data, known)
     for key in ("search_space", "budget"):

@@ -16,7 +16,7 @@ from ccsearch.search.objective import Evaluator, Trainer
 from ccsearch.search.pruners import make_pruner
 from ccsearch.search.recovery import Heartbeat, ask, reap
 from ccsearch.search.run import SearchRun
-from ccsearch.train import DeviceData, get_proxy, load_proxy_data, resolve_device, train_candidate
+from ccsearch.train import DeviceData, load_proxy_data, resolve_device, train_candidate
 
 POLL = 1.0  # seconds between looks at the study while every training slot is held
 
@@ -29,7 +29,7 @@ class InProcess:
     trainer: Trainer | None = None  # the seam: tests run the policy without training
 
     def run(self, search: SearchRun, progress: Progress | None = None) -> None:
-        proxy = get_proxy(search.config.proxy)
+        proxy = search.config.proxy_config()
         trainer = self.trainer
         if trainer is None:
             device = resolve_device(self.device)

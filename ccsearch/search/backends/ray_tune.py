@@ -37,7 +37,7 @@ from ccsearch.search.pruners import NoPruner
 from ccsearch.search.record import Status, this_process
 from ccsearch.search.recovery import Heartbeat, ask, reap
 from ccsearch.search.run import MAX_TRIALS_FACTOR, SearchRun
-from ccsearch.train import TrainResult, get_proxy
+from ccsearch.train import ProxyConfig, TrainResult
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class RayOptions:
             )
 
 
-def ray_trial(config: dict, *, proxy_data: ProxyData, proxy_name: str, device: str,
+def ray_trial(config: dict, *, proxy_data: ProxyData, proxy: ProxyConfig, device: str,
               threads: int) -> None:
     """One Ray trial: train the candidate the driver sent; report, never touch the storage."""
     import torch
@@ -66,7 +66,6 @@ def ray_trial(config: dict, *, proxy_data: ProxyData, proxy_name: str, device: s
     from ccsearch.train import train_candidate
 
     torch.set_num_threads(threads)
-    proxy = get_proxy(proxy_name)
     spec = ArchSpec.from_dict(config["spec"])
     worker = this_process()
 
@@ -242,7 +241,7 @@ class RayTune:
                 )
             # Ray shows a trial only the GPU it assigned, as cuda:0.
             trial_device = "cpu" if gpus == 0 or self.device == "cpu" else "cuda"
-            proxy = get_proxy(config.proxy)
+            proxy = config.proxy_config()
             measured_on = {"proxy": proxy.name, "data": self.proxy_data.description,
                            "smoke_test": self.proxy_data.is_smoke_test, "device": trial_device}
             evaluator = Evaluator(config, search.space, NoPruner(), proxy.epochs, measured_on,
@@ -256,7 +255,7 @@ class RayTune:
                                           max_t=max(2, proxy.epochs), grace_period=1,
                                           reduction_factor=2, stop_last_trials=False)
             trainable = tune.with_resources(
-                tune.with_parameters(ray_trial, proxy_data=self.proxy_data, proxy_name=config.proxy,
+                tune.with_parameters(ray_trial, proxy_data=self.proxy_data, proxy=proxy,
                                      device=trial_device,
                                      threads=max(1, int(self.options.cpus_per_trial))),
                 {"cpu": self.options.cpus_per_trial, "gpu": gpus},

@@ -388,6 +388,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             run.discard(search, existed)  # a retry must not meet "already holds a study"
         raise
     except KeyboardInterrupt:
+        from ccsearch.search.recovery import release_session
+
+        release_session(search.storage)  # a storage call Ctrl-C broke must not lock us out
         run.finalize(search)  # the finished trials' results, before exiting 130
         raise
     finally:

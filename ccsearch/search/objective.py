@@ -53,6 +53,9 @@ class Evaluator:
     measured_on: dict  # record fields known before training: proxy, data, smoke_test, device
     sampler_seed: int = 0
     owner: str = field(default_factory=rec.this_process)
+    # Called first on Ctrl-C: a storage call it broke may hold a transaction (and SQLite's
+    # lock) open, which the records written next would wait on.
+    on_interrupt: Callable[[], None] | None = None
     _counted: dict = field(default_factory=dict, repr=False)  # digest -> MaddsReport
 
     # ---- the steps ----------------------------------------------------------------------
@@ -150,6 +153,8 @@ class Evaluator:
                 result = trainer(c.spec, c.record.seed, lambda e, t: self.after_epoch(c, e, t))
                 self.finish(c, result)
         except KeyboardInterrupt:
+            if self.on_interrupt is not None:
+                self.on_interrupt()
             self.interrupt(c, "stopped by Ctrl-C")
             raise
         except Exception as err:  # a bug or a broken device: this trial fails, the search goes on

@@ -126,6 +126,13 @@ def ask(study: optuna.Study) -> optuna.Trial:
         return study.ask()
 
 
+def release_session(storage: optuna.storages.BaseStorage) -> None:
+    """Roll back this thread's storage session: after a KeyboardInterrupt inside a storage
+    call, its open transaction would keep SQLite locked for the writes that follow."""
+    if isinstance(storage, RDBStorage):
+        storage.remove_session()
+
+
 def has_heartbeats(storage: optuna.storages.BaseStorage) -> bool:
     return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None
 

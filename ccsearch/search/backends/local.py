@@ -14,7 +14,7 @@ from ccsearch.search import policy
 from ccsearch.search.backends import Progress
 from ccsearch.search.objective import Evaluator, Trainer
 from ccsearch.search.pruners import make_pruner
-from ccsearch.search.recovery import Heartbeat, ask, reap
+from ccsearch.search.recovery import Heartbeat, ask, reap, release_session
 from ccsearch.search.run import SearchRun
 from ccsearch.train import DeviceData, load_proxy_data, resolve_device, train_candidate
 
@@ -61,6 +61,7 @@ def run_trials(search: SearchRun, evaluator: Evaluator, trainer: Trainer,
     may back off or die (its trial is then failed and retried), and the study must not
     end short."""
     wanted = search.config.trials
+    evaluator.on_interrupt = lambda: release_session(search.storage)
     with Heartbeat(search.study, search.storage) as heartbeat:
         while True:
             reap(search.study)

@@ -35,7 +35,7 @@ from ccsearch.search.backends import Progress
 from ccsearch.search.objective import Candidate, Evaluator
 from ccsearch.search.pruners import NoPruner
 from ccsearch.search.record import Status, this_process
-from ccsearch.search.recovery import Heartbeat, ask, reap
+from ccsearch.search.recovery import Heartbeat, ask, reap, release_session
 from ccsearch.search.run import MAX_TRIALS_FACTOR, SearchRun
 from ccsearch.train import ProxyConfig, TrainResult
 
@@ -283,6 +283,7 @@ class RayTune:
                 with _tune_environment(), driver.heartbeat:
                     tuner.fit()
             except BaseException:
+                release_session(search.storage)
                 driver.interrupt_all("stopped by Ctrl-C")
                 raise
             driver.interrupt_all("the Ray run ended before it finished")

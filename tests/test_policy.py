@@ -255,10 +255,10 @@ def test_a_worker_stays_and_retrains_the_slot_a_dead_holder_on_another_machine_l
     (Optuna's heartbeat check) and its architecture is retried and trained."""
     from optuna.storages import RDBStorage
 
-    search = make_run(tmp_path, trials=1, space="")
+    search = make_run(tmp_path, trials=1)  # every architecture of this space is feasible
     url = search_run.default_storage(tmp_path / "run")
     storage = RDBStorage(url, heartbeat_interval=1, grace_period=2, heartbeat_stale_trial_callback=recover)
-    study = optuna.load_study(study_name="tiny", storage=storage)
+    study = optuna.load_study(study_name="tiny", storage=storage, sampler=search.study.sampler)
     other = search_run.SearchRun(study, storage, search.config, search.space, url, tmp_path / "run")
     ev = evaluator(other)
     ev.owner = "another-machine:1"

@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 # apt-get needs root; elsewhere sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench lint clean postgres-binaries
+.PHONY: demo test bench lint clean postgres-binaries chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ $(VENV)/.installed-dev: $(BIN)/python pyproject.toml
 demo: $(VENV)/.installed
 	$(BIN)/ccsearch run --budget 325M $$([ -f runs/mnasnet_a1_325m/study.db ] && echo --resume)
 
-test: $(VENV)/.installed-dev postgres-binaries
+test: $(VENV)/.installed-dev postgres-binaries chromium
 	$(BIN)/ruff check ccsearch tests benchmarks
 	$(BIN)/python -m pytest -q tests
 
@@ -37,6 +37,13 @@ postgres-binaries:
 	  echo "installing the PostgreSQL server (apt-get) for the storage tests"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; }
+
+# The dashboard tests load every shipped dashboard in Debian's headless Chromium.
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  echo "installing Chromium (apt-get) for the dashboard tests"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench_condconv.py

@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.condconv:
             groups = [int(g) for g in args.condconv.split(",") if g.strip()]
             spec = spec.with_condconv(groups, args.experts)
-        proxy_data = load_proxy_data(proxy, args.data, seed=args.seed)
+        proxy_data = load_proxy_data(proxy, args.data)
     except (UserError, ValueError) as err:
         ap.error(str(err))
 

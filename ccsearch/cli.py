@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from ccsearch.arch import BACKBONES, ArchSpec, get_backbone
 from ccsearch.arch.backbones import PUBLISHED
+from ccsearch.arch.resolve import resolve_spec
 from ccsearch.errors import UserError
 from ccsearch.layers import ROUTING_ACTIVATIONS
 from ccsearch.madds import CONVENTIONS, MaddsReport, count_madds, format_madds
@@ -65,52 +66,6 @@ def _cuda_count() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def parse_groups(text: str, num_groups: int) -> list[int]:
-    """``"6,7"``, ``"5-7"`` or ``"all"`` -> block-group numbers (1-based)."""
-    if text.strip().lower() == "all":
-        return list(range(1, num_groups + 1))
-    groups: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            if "-" in part:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                if lo > hi:
-                    raise UserError(f"--condconv {text!r}: the range {part!r} is reversed "
-                                    f"(use {hi}-{lo})")
-                groups.extend(range(lo, hi + 1))
-            else:
-                groups.append(int(part))
-        except ValueError:
-            raise UserError(
-                f"--condconv {text!r}: {part!r} is not a block-group number "
-                f"(use e.g. 6,7 or 5-7 or all)"
-            ) from None
-    return groups
-
-
-def resolve_spec(
-    name_or_path: str,
-    condconv: str | None = None,
-    experts: int | None = None,
-    routing: str | None = None,
-    width: float = 1.0,
-) -> ArchSpec:
-    """A shipped backbone name or a spec JSON file, with the CLI's CondConv options applied."""
-    if name_or_path.endswith(".json"):
-        spec = ArchSpec.load(name_or_path)
-        if width != 1.0:
-            spec = spec.scale_width(width)
-    else:
-        spec = get_backbone(name_or_path, width)
-    if condconv is None:
-        if experts is not None or routing is not None:
-            raise UserError("--experts and --routing need --condconv GROUPS (e.g. --condconv 6,7)")
-        return spec
-    groups = parse_groups(condconv, len(spec.groups))
-    return spec.with_condconv(groups, 8 if experts is None else experts, routing or "sigmoid")
 
 
 # ---- ccsearch madds ----------------------------------------------------------------------
@@ -185,12 +140,41 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ccsearch.train import get_proxy, load_proxy_data, train_candidate
+    import torch
+
+    from ccsearch.train import (
+        get_proxy,
+        load_proxy_data,
+        resolve_device,
+        train_candidate,
+        train_repeated,
+    )
 
     check_device(args.device)
-    spec = resolve_spec(args.model, args.condconv, args.experts, args.routing, args.width)
-    proxy = get_proxy(args.proxy, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
-    data = load_proxy_data(proxy, args.data, seed=args.seed)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be a positive integer, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.repeats < 1:
+        raise UserError(f"--repeats must be a positive integer, got {args.repeats}")
+    trial = _trial_to_reproduce(args) if args.from_trial else None
+    if trial is not None:
+        spec, proxy, data_arg, seeds = trial.spec, trial.proxy, args.data or trial.data, trial.seeds
+    else:
+        if args.model is None:
+            raise UserError("ccsearch train needs MODEL (a backbone or spec .json), or --from-trial RUN N")
+        spec = resolve_spec(args.model, args.condconv, args.experts, args.routing, args.width)
+        proxy = get_proxy(args.proxy, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+        data_arg, seeds = args.data, [args.seed + r for r in range(args.repeats)]
+    if args.resume_from and len(seeds) > 1:
+        raise UserError("--resume-from continues one training: it does not take --repeats")
+    data = load_proxy_data(proxy, data_arg)
+    if trial is not None:
+        from ccsearch.search.reproduce import differences
+
+        device = resolve_device(args.device).type
+        for line in differences(trial.record, data.checksum(), torch.get_num_threads(), device):
+            print(f"warning: {line}: the top-1 may differ from the record", file=sys.stderr)
     madds = count_madds(spec)
     reduced = [f"{k} {v:g}x" for k, v in (("width", proxy.width), ("depth", proxy.depth)) if v != 1]
     if not args.json:
@@ -213,8 +197,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         from ccsearch.checkpoint import read_checkpoint
 
         resume = read_checkpoint(args.resume_from)
-    result = train_candidate(spec, proxy, data, device=args.device, on_epoch=report, seed=args.seed,
-                             save_to=args.save, resume=resume)
+
+    def train_one(seed: int, on_epoch) -> object:
+        if len(seeds) > 1 and not args.json:
+            print(f" seed {seed}:")
+        return train_candidate(spec, proxy, data, device=args.device, on_epoch=report,
+                               seed=seed, save_to=args.save, resume=resume)
+
+    result = train_repeated(train_one, seeds)
     if args.json:
         out = result.to_dict()
         # The trained copy (proxy width, depth and classes) next to the full model's counts.
@@ -225,6 +215,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     else:
         top1 = "n/a" if result.top1 is None else f"{result.top1:.1f}%"
+        if result.top1_std is not None:
+            top1 += f" ± {result.top1_std:.1f} (mean ± std of {len(result.seeds)} seeds)"
         print(
             f"{result.status}: top-1 {top1} after {plural(result.epochs, 'epoch')}, "
             f"{result.wall_time:.1f}s, {result.images_per_sec:.0f} images/s on {result.device}"
@@ -235,13 +227,51 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"params: {format_params(result.params)} in {trained} trained "
               f"({data.num_classes} classes), {format_params(madds.params)} in the full model "
               f"({spec.num_classes} classes)")
+        if trial is not None:
+            _compare_with_record(trial.record, result)
         if result.smoke_test:
-            print(
-                "note: digits is a smoke-test proxy, not ImageNet; its accuracy says nothing about ImageNet"
-            )
+            print(f"note: {data.source} is a smoke-test proxy, not ImageNet; its accuracy says "
+                  "nothing about ImageNet")
         if args.save:
             print(f"checkpoint: {args.save}  (continue with --resume-from {args.save})")
     return 0 if result.status == "ok" else 1
+
+
+def _trial_to_reproduce(args: argparse.Namespace):
+    from pathlib import Path
+
+    import torch
+
+    from ccsearch.search import run
+    from ccsearch.search.reproduce import trial_inputs
+
+    folder, number = args.from_trial
+    if args.model is not None or args.condconv or args.experts or args.routing or args.width != 1.0:
+        raise UserError("--from-trial takes the trial's architecture: drop MODEL and the "
+                        "--condconv/--experts/--routing/--width options")
+    for name in ("proxy", "epochs", "batch_size", "lr"):
+        if getattr(args, name) not in (None, "smoke"):
+            raise UserError(f"--from-trial takes the study's proxy: drop --{name.replace('_', '-')}")
+    if args.seed != 0 or args.repeats != 1:
+        raise UserError("--from-trial takes the trial's seeds: drop --seed and --repeats")
+    if not number.isdigit():
+        raise UserError(f"--from-trial {folder} {number!r}: N must be a trial number")
+    _quiet_optuna()
+    inputs = trial_inputs(run.open_folder(Path(folder)), int(number))
+    if args.threads is None and inputs.threads:
+        torch.set_num_threads(inputs.threads)  # the thread count changes CPU results
+    return inputs
+
+
+def _compare_with_record(record, result) -> None:
+    """Say whether the retraining gave the recorded top-1 (the whole curve, in fact)."""
+    if list(result.curve) == list(record.curve):
+        print(f"reproduced trial {record.number} exactly: the recorded curve was "
+              f"{', '.join(f'{t:.2f}' for t in record.curve)}")
+    else:
+        shown = "n/a" if record.top1 is None else f"{record.top1:.2f}%"
+        print(f"differs from trial {record.number}: it recorded {shown} "
+              f"(curve {', '.join(f'{t:.2f}' for t in record.curve)})")
 
 
 # ---- ccsearch prepare-data ---------------------------------------------------------------
@@ -301,7 +331,7 @@ def _progress(config, label: str, what: str, quiet: bool):
     from ccsearch.search.policy import trained
     from ccsearch.search.record import Status
 
-    bar = tqdm(total=config.trials, desc=f"{label}{config.name}", unit="trial",
+    bar = tqdm(total=config.wanted, desc=f"{label}{config.name}", unit="trial",
                dynamic_ncols=True, postfix={"data": what})
 
     def update(records) -> None:
@@ -349,7 +379,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.resume:
         config.check_budget()
     proxy = config.proxy_config()
-    data = load_proxy_data(proxy, args.data, seed=config.seed)
+    data = load_proxy_data(proxy, args.data)
     if args.backend == "ray":
         cpus = 1.0 if args.cpus_per_trial is None else args.cpus_per_trial
         options = backends.RayOptions(address=args.address, cpus_per_trial=cpus,
@@ -372,7 +402,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if waiting:
             print(f"resuming: trials {waiting} retry architectures whose trials were interrupted")
     else:
-        search = run.create(config, out, storage, data=data.description)
+        search = run.create(config, out, storage, data=data.description, data_arg=args.data)
     print(f"study {config.name}: {config.search_space} under {format_madds(config.budget)} MADDs "
           f"({config.convention} convention, 224px), {plural(config.trials, 'candidate')}, "
           f"{config.sampler} sampler, {'no' if config.pruner == 'none' else config.pruner} pruning")
@@ -384,7 +414,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         backend.run(search, progress)
     except UserError:
-        if not args.resume and not search.study.trials:  # refused before any trial:
+        if not args.resume and not run.started(search):  # refused before any trial:
             run.discard(search, existed)  # a retry must not meet "already holds a study"
         raise
     except KeyboardInterrupt:
@@ -411,18 +441,79 @@ def cmd_run(args: argparse.Namespace) -> int:
         )[["trial", "top1", "madds", "params", "condconv", "experts", "routing"]]
         print(shown.to_string(index=False))
     if data.is_smoke_test:
-        print("note: accuracies are on the digits smoke-test proxy, not ImageNet")
+        print(f"note: accuracies are on the {data.source} smoke-test proxy, not ImageNet")
     print(f"\nresults:   {files.results}")
     print(f"dashboard: {files.pareto}")
     if files.best is not None:
+        from ccsearch.search.reproduce import train_command
+
         top = files.top
-        again = f"ccsearch train {files.best} --proxy {config.proxy} --seed {int(top['seed'])}"
-        if config.epochs is not None:
-            again += f" --epochs {config.epochs}"
-        if args.data:
-            again += f" --data {args.data}"
+        record = search.records()[int(top["trial"])]
         print(f"best:      {files.best}  (trial {top['trial']}, {top['top1']:.1f}% at "
-              f"{format_madds(top['madds'])}; e.g. {again})")
+              f"{format_madds(top['madds'])}; retrain it: {train_command(out, record)})")
+    return 0
+
+
+def cmd_proxy_check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ccsearch.search import backends, run
+    from ccsearch.search.proxy_check import NO_BUDGET, TARGET_TAU, check_config, rank_stability
+    from ccsearch.search.study import StudyConfig, load_study_config
+    from ccsearch.train import load_proxy_data
+
+    _quiet_optuna()
+    check_device(args.device)
+    if args.study and args.space:
+        raise UserError("give --study or --space, not both")
+    if args.space:
+        base = StudyConfig(name="proxy_check", search_space=args.space, budget=NO_BUDGET)
+    else:
+        base = load_study_config(args.study or "mnasnet_a1_325m")
+    base = base.with_overrides(proxy=args.proxy, epochs=args.epochs, seed=args.seed)
+    config = check_config(base, args.candidates, args.seeds, bounded=not args.space)
+    data = load_proxy_data(config.proxy_config(), args.data)
+    out = Path(args.out) if args.out else Path("runs") / config.name
+    existed = out.exists()
+    if args.resume:
+        search, _ = run.resume(config, out, data=data.description)
+    else:
+        search = run.create(config, out, data=data.description, data_arg=args.data)
+    proxy = config.proxy_config()
+    print(f"proxy check of {proxy.name} on {data.description}: {config.trials} candidates of "
+          f"{config.search_space} (the baseline among them) x {config.repeats} seeds, "
+          f"{plural(proxy.epochs, 'epoch')} each")
+    bar, progress = _progress(config, "", data.description, args.quiet)
+    try:
+        backends.InProcess(args.data, args.device, proxy_data=data).run(search, progress)
+    except UserError:
+        if not args.resume and not run.started(search):
+            run.discard(search, existed)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    run.finalize(search)
+    stability = rank_stability(search.records())
+    (out / "proxy_check.json").write_text(json.dumps(stability.to_dict(), indent=2) + "\n")
+    for row in sorted(stability.rows, key=lambda r: -r["top1"]):
+        name = row["reference"] or f"trial {row['trial']}"
+        seeds = " ".join(f"{t:.1f}" for t in row["seed_top1"])
+        print(f"  {name:>10}  {row['top1']:5.1f}% ± {row['std']:.1f}   seeds: {seeds}   "
+              f"{format_madds(row['madds'])}")
+    print(f"seed-to-seed Kendall tau {stability.kendall_tau:.2f}, Spearman rho "
+          f"{stability.spearman_rho:.2f}, noise floor {stability.noise_floor:.1f} points "
+          f"(median |delta top-1| between seeds)")
+    n = stability.recommended_repeats
+    if n is None:
+        print("the seeds do not agree at all: no number of repeats makes this proxy rank")
+    else:
+        print(f"repeats: {n} per candidate for tau >= {TARGET_TAU} "
+              f"(set `repeats: {n}` in the study)")
+    if stability.saturated:
+        print(f"warning: the baseline scores {stability.baseline_top1:.1f}%, within 5 points of "
+              "100%: the proxy is saturated and cannot show what CondConv adds")
+    print(f"results:   {out / 'proxy_check.json'}")
     return 0
 
 
@@ -459,16 +550,9 @@ def _export_source(args: argparse.Namespace):
     budget = parse_madds(args.budget) if args.budget else None
     if args.storage or Path(args.source, "study.yaml").is_file():
         from ccsearch.results import select_trial
-        from ccsearch.search import run
         from ccsearch.search.storage import shown_url
 
-        _quiet_optuna()
-        if args.storage:
-            if not args.study:
-                raise UserError("--storage needs --study NAME")
-            search = run.join(args.storage, args.study)
-        else:
-            search = run.open_folder(Path(args.source))
+        search = open_run(args.source, args.storage, args.study)
         record = select_trial(search.study, args.trial, budget)
         provenance = {
             "study": search.config.name,
@@ -567,14 +651,127 @@ def cmd_latency(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- ccsearch results / dashboard --------------------------------------------------------
+
+
+def open_run(folder: str | None, storage: str | None, study: str | None):
+    """A run to read: its folder (``runs/<study>``), or ``--storage URL --study NAME``."""
+    from pathlib import Path
+
+    from ccsearch.search import run
+
+    _quiet_optuna()
+    if storage:
+        if not study:
+            raise UserError("--storage needs --study NAME")
+        return run.join(storage, study)
+    if study:
+        raise UserError("--study NAME reads a study from --storage URL; a run folder names its own")
+    if not folder:
+        raise UserError("give a run folder (runs/<study>), or --storage URL --study NAME")
+    return run.open_folder(Path(folder))
+
+
+RESULT_FORMATS = ("table", "csv", "json", "parquet")
+
+
+def _shown_table(table):
+    """The results as a person reads them: units, one decimal, the long columns left out."""
+    def pct(x):
+        return "" if x != x else f"{x:.1f}%"  # NaN: not trained to the end
+
+    return table.assign(
+        top1=[pct(t) + (f" ±{s:.1f}" if s == s else "") for t, s in
+              zip(table["top1"], table["top1_std"], strict=True)],
+        last_top1=table["last_top1"].map(pct),
+        madds=table["madds"].map(lambda m: "" if m is None or m != m else format_madds(m)),
+        params=table["params"].map(lambda n: "" if n is None or n != n else format_params(n)),
+        wall_time=table["wall_time"].map("{:.1f}s".format),
+    ).drop(columns=["state", "top1_std", "budget", "train_time", "seed", "digest"])
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ccsearch.results import pareto_front, table_json, trials_table
+
+    if args.format == "parquet":
+        if not args.out:
+            raise UserError("--format parquet writes a binary file: give -o FILE.parquet")
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise UserError("--format parquet needs pyarrow: pip install 'ccsearch[parquet]'") from None
+    table = trials_table(open_run(args.run, args.storage, args.study).study)
+    if args.pareto:
+        table = pareto_front(table)
+    if args.format == "parquet":
+        table.to_parquet(args.out, index=False)
+        print(f"{plural(len(table), 'row')} written to {args.out}")
+        return 0
+    if args.format == "csv":
+        text = table.to_csv(index=False)
+    elif args.format == "json":
+        text = table_json(table)
+    elif table.empty:
+        text = "no trial on the Pareto front yet\n" if args.pareto else "no trial yet\n"
+    else:
+        text = _shown_table(table).to_string(index=False, na_rep="") + "\n"
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"{plural(len(table), 'row')} written to {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ccsearch.dashboard import (
+        build_page,
+        change_mark,
+        load_dashboard,
+        load_run,
+        write_dashboard,
+    )
+
+    if not args.serve and (args.host or args.port is not None):
+        raise UserError("--host and --port go with --serve")
+    dashboard = load_dashboard(args.name)  # a bad name or YAML fails before any storage opens
+    searches = [open_run(folder, None, None) for folder in args.runs]
+    if args.storage or args.study or not searches:
+        searches.append(open_run(None, args.storage, args.study))
+    names = [s.out.name if s.out is not None else s.config.name for s in searches]
+    if len(set(names)) < len(names):  # two folders of one name: tell them apart by path
+        names = [str(s.out) if s.out is not None else s.config.name for s in searches]
+    names = [n if names.count(n) == 1 else f"{n} ({i})" for i, n in enumerate(names, 1)]
+    first = searches[0].out
+    out = Path(args.out) if args.out else (first or Path(".")) / f"dashboard-{dashboard.name}.html"
+
+    def runs():
+        return [load_run(s.study, n) for s, n in zip(searches, names, strict=True)]
+
+    if args.serve:
+        from ccsearch.dashboard.serve import serve
+
+        return serve(lambda version: build_page(runs(), dashboard, version=version),
+                     lambda: [change_mark(s.study) for s in searches],
+                     host=args.host or "127.0.0.1", port=8050 if args.port is None else args.port,
+                     out=Path(args.out) if args.out else None)
+    print(f"dashboard: {write_dashboard(runs(), dashboard, out)}")
+    return 0
+
+
 # ---- entry point -------------------------------------------------------------------------
 
 
 def _add_model_arguments(p: argparse.ArgumentParser, positional: str | None = "model",
-                         what: str = "") -> None:
+                         what: str = "", optional: bool = False) -> None:
     """MODEL and the CondConv options that ``resolve_spec`` applies to it."""
     if positional is not None:
-        p.add_argument(positional, metavar=positional.upper() if what else None,
+        p.add_argument(positional, metavar=positional.upper() if what or optional else None,
+                       nargs="?" if optional else None,
                        help=what or f"backbone ({', '.join(BACKBONES)}) or spec .json file")
     p.add_argument(
         "--condconv", metavar="GROUPS", help="block groups 1..N to make CondConv: 6,7 | 5-7 | all"
@@ -606,7 +803,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_madds)
 
     p = sub.add_parser("train", help="train one candidate on a proxy task and print its accuracy")
-    _add_model_arguments(p)
+    _add_model_arguments(p, optional=True)
+    p.add_argument("--from-trial", nargs=2, metavar=("RUN", "N"),
+                   help="retrain trial N of the run folder RUN exactly as it was trained")
     p.add_argument("--proxy", default="smoke",
                    help=f"proxy preset ({presets}) or .yaml file (default smoke)")
     p.add_argument(
@@ -617,8 +816,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="override the proxy's peak learning rate")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument(
-        "--seed", type=int, default=0, help="seed for data split, init and order (default 0)"
+        "--seed", type=int, default=0, help="seed of the initialisation and data order (default 0)"
     )
+    p.add_argument("--repeats", type=int, default=1,
+                   help="train with seeds SEED, SEED+1, ...: mean and std of top-1 (default 1)")
+    p.add_argument("--threads", type=int,
+                   help="torch threads (CPU results depend on it; default: torch's own)")
     p.add_argument("--save", metavar="DIR", help="write a checkpoint (safetensors + spec) after every epoch")
     p.add_argument("--resume-from", metavar="DIR", help="continue a checkpoint written by --save")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -667,6 +870,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("proxy-check", help="how the proxy ranks candidates from seed to seed")
+    p.add_argument("--study", help="the study whose space, budget and proxy to check (default mnasnet_a1_325m)")
+    p.add_argument("--space", help="a search space (name or .yaml) instead of a study: no budget")
+    p.add_argument("--proxy", help=f"proxy preset ({presets}) or .yaml file (default: the study's)")
+    p.add_argument("--data", help="data source, PATH or SOURCE=PATH (default: the proxy's)")
+    p.add_argument("--candidates", type=int, default=8, help="candidates, the baseline included (default 8)")
+    p.add_argument("--seeds", type=int, default=2, help="training seeds per candidate (default 2)")
+    p.add_argument("--epochs", type=int, help="override the proxy's epochs")
+    p.add_argument("--seed", type=int, help="first seed (default: the study's)")
+    p.add_argument("--out", help="run folder (default runs/proxy_check_<space>_<proxy>)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted check")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_proxy_check)
+
     p = sub.add_parser("worker", help="join an existing study from another process or machine")
     p.add_argument("--storage",
                    help="the study's storage URL (default: $CCSEARCH_STORAGE, which keeps a password out of the process list)")
@@ -689,6 +907,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, help="the folder to write")
     _add_model_arguments(p, positional=None)  # for MODEL
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("results", help="one row per trial of a run, as a table, CSV, JSON or parquet")
+    p.add_argument("run", nargs="?", metavar="RUN", help="a run folder (runs/<study>)")
+    p.add_argument("--storage", help="the study's storage URL instead of a run folder (with --study)")
+    p.add_argument("--study", help="the study's name in --storage")
+    p.add_argument("--format", choices=RESULT_FORMATS, default="table",
+                   help="table (default), csv, json (a list of row objects) or parquet (needs -o)")
+    p.add_argument("--pareto", action="store_true",
+                   help="only the Pareto front: the non-dominated trained candidates within the budget, ties kept")
+    p.add_argument("-o", "--out", metavar="FILE", help="write to FILE instead of standard output")
+    p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("dashboard", help="draw runs as one self-contained HTML dashboard, or serve it")
+    p.add_argument("runs", nargs="*", metavar="RUN",
+                   help="run folders (runs/<study>); the first is drawn, all fronts are overlaid")
+    p.add_argument("--storage", help="also (or instead) the study in this storage URL (with --study)")
+    p.add_argument("--study", help="the study's name in --storage")
+    p.add_argument("--name", default="default",
+                   help=f"shipped dashboard ({', '.join(shipped('dashboards'))}) or .yaml file "
+                        "(default: default)")
+    p.add_argument("-o", "--out", metavar="FILE.html",
+                   help="the page to write (default RUN/dashboard-NAME.html)")
+    p.add_argument("--serve", action="store_true",
+                   help="serve the page over HTTP and redraw it as trials finish (Ctrl-C stops)")
+    p.add_argument("--host", help="--serve: address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, help="--serve: port (default 8050; 0 picks a free one)")
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("latency", help="median latency of a model against its backbone without CondConv")
     _add_model_arguments(p, what=f"a backbone ({', '.join(BACKBONES)}), a spec .json file or an "

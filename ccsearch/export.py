@@ -39,18 +39,11 @@ from ccsearch.checkpoint import load_weights
 from ccsearch.errors import UserError
 from ccsearch.layers import CondConv2d
 from ccsearch.madds import count_madds
+from ccsearch.provenance import versions
 
 FORMAT = "ccsearch-export-1"
 MAX_BATCH = 4096  # the dynamic batch dimension's upper bound in model.pt2 / model.onnx
 ONNX_TOLERANCE = 1e-4
-
-
-def versions() -> dict[str, str]:
-    import optuna
-
-    from ccsearch import __version__
-
-    return {"ccsearch": __version__, "torch": torch.__version__, "optuna": optuna.__version__}
 
 
 def export_model(

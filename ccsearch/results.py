@@ -6,6 +6,8 @@ so results work the same whichever backend or machine ran the trials.
 
 from __future__ import annotations
 
+import json
+
 import optuna
 import pandas as pd
 
@@ -17,12 +19,17 @@ COLUMNS = [
     "trial",
     "state",
     "status",
-    "top1",
+    "reference",  # the study's name for a reference candidate (baseline, paper), else ""
+    "top1",  # proxy top-1 (%) of a candidate trained to the end (mean of its seeds)
+    "top1_std",  # over its training seeds, when the study trains several
+    "last_top1",  # top-1 at the last epoch run: where a pruned candidate stopped
     "madds",
+    "budget",
     "params",
-    "condconv",
+    "condconv",  # the CondConv block groups, then per group its experts and routing
     "experts",
     "routing",
+    "se",  # the block groups with squeeze-excite
     "epochs",
     "train_time",
     "wall_time",
@@ -36,8 +43,13 @@ COLUMNS = [
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
     """One row per trial, in trial order."""
+    return records_table(read_all(study))
+
+
+def records_table(records: list[TrialRecord]) -> pd.DataFrame:
+    """``trials_table`` of records already read (a dashboard reads a study once)."""
     rows = []
-    for r in read_all(study):
+    for r in records:
         groups = (r.spec or {}).get("groups", [])
         cc = [i for i, g in enumerate(groups, start=1) if g.get("experts")]
         status = r.status.value if r.status is not None else r.state.name.lower()
@@ -46,12 +58,17 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
                 "trial": r.number,
                 "state": r.state.name,
                 "status": status,
+                "reference": r.reference,
                 "top1": r.top1 if r.status == Status.OK else None,
+                "top1_std": r.top1_std if r.status == Status.OK else None,
+                "last_top1": r.curve[-1] if r.curve else None,
                 "madds": r.madds if r.spec else None,
+                "budget": r.budget or None,
                 "params": r.params if r.spec else None,
                 "condconv": ",".join(map(str, cc)) or "-",
                 "experts": ",".join(str(groups[i - 1]["experts"]) for i in cc) or "-",
                 "routing": ",".join(groups[i - 1]["routing"] for i in cc) or "-",
+                "se": ",".join(str(i) for i, g in enumerate(groups, 1) if g.get("se")) or "-",
                 "epochs": r.epochs,
                 "train_time": r.train_time,
                 "wall_time": r.wall_time,
@@ -62,16 +79,29 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
                 "digest": r.digest or None,
             }
         )
-    return pd.DataFrame(rows, columns=COLUMNS)
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    # Typed whatever the first rows hold: None reads as missing, counts stay integers.
+    return table.astype({"top1": float, "top1_std": float, "last_top1": float,
+                         "madds": "Int64", "budget": "Int64", "params": "Int64"})
+
+
+def table_json(table: pd.DataFrame) -> str:
+    """A list of row objects, missing values as null, floats in full: what
+    ``pd.read_json(text, orient="records", dtype=False)`` reads back as the same table."""
+    rows = table.astype(object).where(table.notna(), None).to_dict(orient="records")
+    return json.dumps(rows, indent=1) + "\n"
 
 
 def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
     """Trained, in-budget candidates that no other beats on both top-1 and MADDs.
 
-    Ties stay: two architectures with equal top-1 and MADDs are both on the front. An
+    The one rule for the front: ``ccsearch results --pareto``, the dashboards, the run's
+    ``best_arch.json`` and ``export --trial best`` all call it.  Ties stay: two architectures with equal top-1 and MADDs are both on the front. An
     architecture trained twice appears once, by its best run.
     """
     ok = table[(table["status"] == "ok") & table["top1"].notna()]
+    if "budget" in ok:  # a reference trained over the budget is shown, never on the front
+        ok = ok[~(ok["madds"].astype(float) > ok["budget"].astype(float))]
     ok = ok.sort_values(["top1", "madds"], ascending=[False, True], kind="stable")
     ok = ok[ok["digest"].isna() | ~ok.duplicated("digest")]
     ok = ok.sort_values("madds", kind="stable")  # ties in MADDs keep the better top-1 first

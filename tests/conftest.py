@@ -10,3 +10,11 @@ from _study import write_tiny_study
 def study_files(tmp_path):
     """A small, fast study (see ``_study.write_tiny_study``)."""
     return write_tiny_study(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory):
+    """Two run folders of one real tiny study with a baseline reference (``_study.reference_runs``)."""
+    from _study import reference_runs
+
+    return reference_runs(tmp_path_factory.mktemp("tiny_runs"))

@@ -35,6 +35,7 @@ from ccsearch.errors import UserError
 
 def test_registry_lists_all_sources() -> None:
     assert set(available_sources()) == {
+        "cluttered-digits",
         "imagenet",
         "imagenet-downsampled",
         "cifar10",
@@ -390,3 +391,18 @@ def test_missing_and_empty_roots(tmp_path: Path, source: str) -> None:
         load_data(source, empty, resolution=8)
     with pytest.raises(UserError, match="needs a data root"):
         load_data(source, None, resolution=8)
+
+
+def test_cluttered_digits_are_one_fixed_data_set() -> None:
+    """Generated, yet the same images on every load and for every subset seed: trials and
+    machines see the same data, and the checksum says so."""
+    a = load_data("cluttered-digits", resolution=32)
+    b = load_data("cluttered-digits", resolution=32, seed=7)
+    assert a.train_x.shape == (2 * 1437, 32, 32, 3) and a.val_x.shape == (5 * 360, 32, 32, 3)
+    assert np.array_equal(a.train_x, b.train_x) and np.array_equal(a.val_y, b.val_y)
+    assert a.checksum() == b.checksum() != load_data("digits", resolution=32).checksum()
+    assert a.is_smoke_test and "not ImageNet" in a.description
+    assert np.bincount(a.val_y).tolist() == [5 * n for n in np.bincount(load_data(
+        "digits", resolution=32).val_y).tolist()], "every held-out digit in 5 scenes"
+    with pytest.raises(UserError, match="takes no root"):
+        load_data("cluttered-digits", "/tmp", resolution=32)

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import json
+
+import optuna
 import pytest
 import torch
 from torch import nn
 
-from ccsearch.arch import build_model, get_backbone
+from ccsearch import madds
+from ccsearch.arch import ArchSpec, BlockGroup, build_model, get_backbone, spec_digest
 from ccsearch.arch.backbones import PUBLISHED
+from ccsearch.config import shipped
 from ccsearch.errors import UserError
-from ccsearch.layers import CondConv2d
-from ccsearch.madds import count_madds, exact_madds_label, format_madds, parse_madds
+from ccsearch.layers import CondConv2d, Routing
+from ccsearch.madds import (
+    count_madds,
+    exact_madds_label,
+    format_madds,
+    load_madds_cache,
+    madds_cache,
+    madds_parts,
+    moe_equivalent_madds,
+    parse_madds,
+)
+from ccsearch.search.space import load_search_space
 
 # (backbone, published MADDs, relative tolerance): the papers' own numbers.
 PUBLISHED_CASES = [
@@ -173,3 +188,160 @@ def test_parse_madds_suggests_a_unit_for_a_bare_fraction():
 def test_exact_madds_label(value, label):
     assert exact_madds_label(value) == label
     assert parse_madds(label) == value
+
+
+# ---- the part cache against fvcore's whole-model count -----------------------------------
+
+
+def _whole_model_analysis(spec: ArchSpec, convention: str):
+    """fvcore on the whole model, traced in one piece (the reference for the part cache)."""
+    with torch.device("meta"):
+        model = build_model(spec)
+    model = model.to_empty(device="cpu").eval()
+    image = torch.zeros(1, spec.in_channels, 224, 224)
+    analysis = madds._analysis(model, image, convention)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a batch-1 trace gains nothing from threads on a busy CPU
+    try:
+        analysis.total()  # traces once; fvcore keeps the result for the other queries
+    finally:
+        torch.set_num_threads(threads)
+    return model, analysis
+
+
+def _random_candidates(space_name: str, n: int, seed: int = 0) -> dict[str, ArchSpec]:
+    """The distinct architectures among ``n`` random draws of a shipped search space."""
+    space = load_search_space(space_name)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    specs: dict[str, ArchSpec] = {}
+    for _ in range(n):
+        spec = space.sample(study.ask())
+        specs.setdefault(spec_digest(spec), spec)
+    return specs
+
+
+def _references(parts: dict[str, list], extra: int) -> list[str]:
+    """Candidates that between them use every cached part (greedy cover), plus ``extra``
+    others, so each part is checked inside a whole model and in more than one context."""
+    uncovered = {key for entries in parts.values() for key, _ in entries}
+    chosen: list[str] = []
+    while uncovered:
+        best = max(parts, key=lambda d: len(uncovered & {k for k, _ in parts[d]}))
+        chosen.append(best)
+        uncovered -= {k for k, _ in parts[best]}
+    others = [d for d in parts if d not in chosen]
+    return chosen + others[:: max(1, len(others) // extra)][:extra] if others else chosen
+
+
+def _assert_matches_whole_model(spec: ArchSpec, convention: str) -> None:
+    model, analysis = _whole_model_analysis(spec, convention)
+    report = count_madds(spec, convention=convention)
+    parts = [entry for _, entry in madds_parts(spec, convention=convention)]
+    by_module, by_module_op = analysis.by_module(), analysis.by_module_and_operator()
+    summed: dict[str, int] = {}
+    for entry in parts:
+        for op, n in entry["ops"].items():
+            summed[op] = summed.get(op, 0) + n
+    whole = {op: n for op, n in analysis.by_operator().items() if n}
+    assert summed == whole, f"{spec.name}: per-op totals differ"
+    assert report.madds == analysis.total()
+    assert report.skipped_ops == dict(analysis.unsupported_ops())
+    assert report.params == sum(p.numel() for p in model.parameters())
+    assert report.stem == by_module["stem"]
+    assert report.head == by_module.get("head", 0) + by_module["classifier"]
+    for i, (group, entry) in enumerate(zip(report.groups, parts[1:-1], strict=True)):
+        assert group.madds == by_module[f"groups.{i}"], f"{spec.name} group {i + 1}"
+        assert entry["ops"] == {k: v for k, v in by_module_op[f"groups.{i}"].items() if v}
+        assert group.params == sum(p.numel() for p in model.groups[i].parameters())
+    names = dict(model.named_modules())
+    cc = [n for n, m in names.items() if isinstance(m, CondConv2d)]
+    assert report.condconv_mixing == sum(by_module_op[n].get("matmul", 0) for n in cc)
+    routing = [n for n, m in names.items() if isinstance(m, Routing)]
+    assert report.routing == sum(by_module[n] for n in routing)
+
+
+@pytest.mark.parametrize("space_name", shipped("search_spaces"))
+def test_cached_counts_equal_whole_model_fvcore(space_name):
+    """200 random candidates per shipped space: each count is the sum of cached parts, and
+    every part is checked op for op inside a whole-model fvcore trace (see _references)."""
+    specs = _random_candidates(space_name, 200)
+    parts = {digest: madds_parts(spec) for digest, spec in specs.items()}
+    for digest, spec in specs.items():
+        report = count_madds(spec)
+        assert report.madds == sum(entry["madds"] for _, entry in parts[digest])
+    for digest in _references(parts, extra=2):
+        _assert_matches_whole_model(specs[digest], "paper")
+
+
+@pytest.mark.parametrize("space_name", ["mobilenet_v1_routing", "resnet50_experts"])
+def test_cached_counts_equal_whole_model_fvcore_convention(space_name):
+    """fvcore's table also counts batch norm and pooling, and its skipped ops depend on the
+    routing activation (in the keys there): the same check, on the two small spaces."""
+    specs = _random_candidates(space_name, 50, seed=1)
+    parts = {digest: madds_parts(spec, convention="fvcore") for digest, spec in specs.items()}
+    for digest in _references(parts, extra=1):
+        _assert_matches_whole_model(specs[digest], "fvcore")
+
+
+def test_routing_is_left_out_of_paper_keys_only():
+    base = get_backbone("mnasnet_a1")
+    a, b = base.with_condconv([6], 8, "sigmoid"), base.with_condconv([6], 8, "softmax")
+    assert [k for k, _ in madds_parts(a)] == [k for k, _ in madds_parts(b)]
+    fa, fb = madds_parts(a, convention="fvcore"), madds_parts(b, convention="fvcore")
+    assert fa[6][0] != fb[6][0]
+    assert fa[6][1]["skipped"] != fb[6][1]["skipped"]  # aten::sigmoid vs aten::softmax
+
+
+def test_cache_round_trips_through_json_and_ignores_other_versions(monkeypatch):
+    spec = get_backbone("mobilenet_v1", 0.25).with_condconv([12, 13], 4)
+    expected = count_madds(spec)
+    stored = json.loads(json.dumps(madds_cache()))
+    monkeypatch.setattr(madds, "_PART_CACHE", {})
+    stale = {k.replace(madds._counter_version(), "0" * 16): v for k, v in stored.items()}
+    assert load_madds_cache(stale) == 0
+    assert load_madds_cache(stored) == len(stored)
+
+    def no_trace(*args):
+        raise AssertionError("a stored part was traced again")
+
+    monkeypatch.setattr(madds, "_trace", no_trace)
+    assert count_madds(spec) == expected
+
+
+# ---- mixture-of-experts equivalent ---------------------------------------------------------
+
+
+def test_moe_equivalent_matches_a_hand_count():
+    """One depthwise-separable CondConv block at 32px: every term by hand."""
+    spec = ArchSpec(
+        name="tiny",
+        groups=(BlockGroup("dsa", 1, 3, 1, 16, experts=4, skip=False),),
+        stem_channels=8,
+        head_channels=0,
+        num_classes=10,
+        dropout=0.0,
+    )
+    e, px = 4, 16 * 16  # experts; output pixels after the stride-2 stem
+    stem = 3 * 3 * 3 * 8 * px
+    dw, pw = 3 * 3 * 8 * px, 8 * 16 * px  # depthwise 3x3 on 8 channels, pointwise 8 -> 16
+    routing, classifier = 8 * e, 16 * 10
+    mixing = e * (8 * 3 * 3 + 16 * 8)  # E x kernel size, both convs
+    assert count_madds(spec, resolution=32).madds == stem + dw + pw + mixing + routing + classifier
+    combine = e * (8 * px + 16 * px)  # E multiply-adds per output value of each conv
+    moe = stem + e * (dw + pw) + combine + routing + classifier
+    assert moe_equivalent_madds(spec, resolution=32) == moe
+
+
+@pytest.mark.parametrize("groups", [[13], [1, 7, 13]])
+def test_moe_equivalent_matches_fvcore_on_the_experts_execution(groups):
+    """``impl="experts"`` runs the mixture (E convs as one, outputs summed): fvcore agrees."""
+    spec = get_backbone("mobilenet_v1", 0.25).with_condconv(groups, 32)
+    with torch.device("meta"):
+        model = build_model(spec)
+    model = model.to_empty(device="cpu")
+    for m in model.modules():
+        if isinstance(m, CondConv2d):
+            m.impl = "experts"
+    assert moe_equivalent_madds(spec) == count_madds(model).madds
+    plain = get_backbone("mobilenet_v1", 0.25)
+    assert moe_equivalent_madds(plain) == count_madds(plain).madds

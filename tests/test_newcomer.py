@@ -356,7 +356,7 @@ def test_run_epochs_sets_the_proxy_epochs_and_wording(capsys, study_files, tmp_p
     assert "1 candidate," in text and "no pruning" in text and "1 epoch " in text
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}")
     assert [len(r.curve) for r in read_all(study) if r.trained] == [1]
-    assert "--epochs 1" in text.split("best:")[1]  # the hint trains the same proxy
+    assert "--from-trial" in text.split("best:")[1]  # the hint retrains the trial, epochs and all
     # one proxy per study: a resume asking for other epochs is refused
     assert_error(cli(capsys, *argv, "--resume", "--trials", "2", "--epochs", "3"),
                  "epochs: the study has 1, this run asks for 3")

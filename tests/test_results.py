@@ -80,3 +80,108 @@ def test_front_matches_brute_force_on_a_random_table(seed):
 
 def test_empty_front():
     assert pareto_front(table([dict(trial=0, status="pruned", top1=None, madds=1)])).empty
+
+
+# ---- ccsearch results --------------------------------------------------------------------
+
+
+def _run_json(capsys, *argv: str) -> list[dict]:
+    import json
+
+    from ccsearch.cli import main
+
+    assert main(["results", *argv, "--format", "json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _synthetic_run(tmp_path):
+    """A run folder whose trials were told directly: many ties, duplicates, a pruned and an
+    over-budget trial, a reference and a reference trained over the budget."""
+    import optuna
+    from _study import write_tiny_study
+
+    from ccsearch.search import load_study_config, run
+    from ccsearch.search.record import KEY, STATE, Status, TrialRecord
+
+    write_tiny_study(tmp_path, budget="100M")
+    search = run.create(load_study_config(tmp_path / "study.yaml"), tmp_path / "run")
+    rng = np.random.default_rng(3)
+    spec = {"name": "x", "groups": [{"block": "ds", "experts": 0, "routing": "sigmoid"}]}
+    trials = []
+    for n in range(60):
+        status = [Status.OK] * 6 + [Status.PRUNED, Status.INFEASIBLE, Status.DUPLICATE]
+        status = status[rng.integers(len(status))]
+        madds = int(rng.integers(1, 8)) * 10_000_000 + (200_000_000 if status == Status.INFEASIBLE else 0)
+        top1 = float(rng.integers(50, 56))  # few values: ties on both objectives
+        record = TrialRecord(spec=spec, digest=f"d{rng.integers(40)}", madds=madds,
+                             budget=100_000_000, status=status, curve=[top1 - 5, top1])
+        record.top1 = top1 if status == Status.OK else None
+        if n == 5:
+            record.reference, record.status, record.top1 = "baseline", Status.OK, 51.0
+        if n == 6:  # a reference over the budget: shown, never on the front
+            record.reference, record.status, record.top1, record.madds = "paper", Status.OK, 99.0, 150_000_000
+        values = record.values([52.0, 1.0]) if STATE[record.status].is_finished() else None
+        trials.append(optuna.trial.create_trial(state=STATE[record.status], values=values,
+                                                user_attrs={KEY: record.to_dict()}))
+    search.study.add_trials(trials)
+    return tmp_path / "run"
+
+
+def _brute_force(rows: list[dict]) -> set[int]:
+    """The trials no other feasible trained trial beats, one per architecture (its best)."""
+    ok = [r for r in rows if r["status"] == "ok" and r["top1"] is not None
+          and r["madds"] <= r["budget"]]
+    best = {}
+    for r in ok:  # one row per architecture: the best, the earliest on ties
+        kept = best.get(r["digest"])
+        if kept is None or (r["top1"], -r["madds"]) > (kept["top1"], -kept["madds"]):
+            best[r["digest"]] = r
+    return {r["trial"] for r in best.values() if not any(
+        o["top1"] >= r["top1"] and o["madds"] <= r["madds"]
+        and (o["top1"] > r["top1"] or o["madds"] < r["madds"]) for o in best.values())}
+
+
+def test_results_json_pareto_is_the_brute_force_front_ties_included(tmp_path, capsys):
+    folder = _synthetic_run(tmp_path)
+    rows = _run_json(capsys, str(folder))
+    front = _run_json(capsys, str(folder), "--pareto")
+    assert {r["trial"] for r in front} == _brute_force(rows)
+    top = [(r["top1"], r["madds"]) for r in front]
+    assert len(top) != len(set(top)), "ties (two architectures, same top-1 and MADDs) are kept"
+    assert front == [r for r in sorted(rows, key=lambda r: r["madds"]) if r in front]
+    assert 6 not in {r["trial"] for r in front}  # the paper design over the budget
+    assert {r["reference"] for r in rows} == {"", "baseline", "paper"}
+    pruned = next(r for r in rows if r["status"] == "pruned")
+    assert pruned["top1"] is None and pruned["last_top1"] is not None
+
+
+def test_results_of_a_real_run_json_and_parquet_round_trip(tiny_runs, tmp_path, capsys):
+    import io
+
+    from ccsearch.cli import main
+    from ccsearch.results import trials_table
+    from ccsearch.search import run
+
+    folder = str(tiny_runs[0])
+    rows = _run_json(capsys, folder)
+    assert {r["trial"] for r in _run_json(capsys, folder, "--pareto")} == _brute_force(rows)
+    assert [r["status"] for r in rows].count("pruned") == 1
+    pruned = next(r for r in rows if r["status"] == "pruned")
+    assert pruned["top1"] is None and pruned["last_top1"] is not None  # where it stopped
+    baseline = next(r for r in rows if r["reference"] == "baseline")
+    assert baseline["top1_std"] == 1.0 and baseline["condconv"] == "-"
+
+    table = trials_table(run.open_folder(tiny_runs[0]).study)
+    assert main(["results", folder, "--format", "json", "-o", str(tmp_path / "t.json")]) == 0
+    assert main(["results", folder, "--format", "parquet", "-o", str(tmp_path / "t.parquet")]) == 0
+    assert capsys.readouterr().out.endswith(f"{len(table)} rows written to {tmp_path / 't.parquet'}\n")
+    back = pd.read_json(tmp_path / "t.json", orient="records", dtype=False)
+    pd.testing.assert_frame_equal(back.astype(table.dtypes.to_dict()), table)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "t.parquet"), table)
+    assert main(["results", folder, "--format", "csv"]) == 0
+    csv = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert list(csv.columns) == COLUMNS and len(csv) == len(table)
+
+    assert main(["results", "--storage", f"sqlite:///{folder}/study.db", "--study", "tiny"]) == 0
+    text = capsys.readouterr().out
+    assert "baseline" in text and "pruned" in text and "±1.0" in text

@@ -107,7 +107,7 @@ def test_run_optuna_backend_records_everything(study_files, capsys):
         assert spec.to_dict() == records[best].spec
         assert count_madds(spec).madds == records[best].madds
         assert f"best:      {out / 'best_arch.json'}  (trial {best}," in text
-        assert f"--seed {records[best].seed}" in text
+        assert f"retrain it: ccsearch train --from-trial {out} {best})" in text
     assert study.metric_names == ["proxy top-1", "MADDs"], "named for optuna-dashboard"
 
 
@@ -216,6 +216,9 @@ def test_a_worker_keeps_its_trial_while_the_run_is_resumed(tmp_path):
     worker = None
     try:
         wait_for("the run's first trial training", lambda: training(_records(out)), proc=run)
+        # Paused mid-training (its heartbeat within the grace period), so the worker's trial
+        # trains beside it however slowly the worker starts.
+        os.kill(run.pid, signal.SIGSTOP)
         worker = subprocess.Popen(
             cli_argv("worker", "--study", "tiny", "--quiet"), stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, env={**env, "CCSEARCH_STORAGE": search_run.default_storage(out)})

@@ -158,3 +158,35 @@ def test_empty_and_wrong_format_data_dirs(tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.zeros(3))
     assert main(["train", "mnasnet_a1", "--data", str(tmp_path)]) == 2
     assert "cannot tell the data format" in capsys.readouterr().err
+
+
+def test_routing_statistics_describe_the_routing_weights_of_each_group(digits):
+    """Recorded after training: per CondConv group, a 20-bin histogram of the routing
+    weights over the held-out images, the share below 0.05 and the experts above it,
+    checked against the weights read off the model's routers by a forward hook."""
+    from ccsearch.arch import build_model
+    from ccsearch.layers import Routing
+    from ccsearch.train import DeviceData
+
+    proxy = get_proxy("smoke", epochs=1)
+    spec = TINY.with_condconv([13], 4, "tanh").with_condconv([12], 2, "sigmoid")
+    result = train_candidate(spec, proxy, digits, "cpu", seed=0)
+    stats = result.routing_stats
+    assert set(stats) == {"12", "13"}
+    n = len(digits.val_y)
+    assert sum(stats["13"]["hist"]) == n * 4 and sum(stats["12"]["hist"]) == n * 2
+    assert stats["13"]["bins"] == [-1.0, 1.0] and stats["12"]["bins"] == [0.0, 1.0]
+    # the same model, untrained, through a hook: the statistics' definitions, recomputed
+    model = build_model(proxy.adapt(spec, digits.num_classes)).eval()
+    data = DeviceData.from_proxy_data(digits, torch.device("cpu"))
+    seen = []
+    router = [m for name, m in model.named_modules() if isinstance(m, Routing) and name.startswith("groups.12")][0]
+    router.register_forward_hook(lambda m, i, out: seen.append(out.detach()))
+    from ccsearch.train.routing_stats import routing_statistics
+
+    mine = routing_statistics(model, data.val_x, data.normalise)["13"]
+    w = torch.cat(seen)
+    assert w.shape == (n, 4)
+    assert mine["near_zero"] == pytest.approx(float((w.abs() <= 0.05).float().mean()))
+    assert mine["active"] == pytest.approx(float((w.abs() > 0.05).float().sum(1).mean()))
+    assert mine["hist"] == torch.histc(w, bins=20, min=-1, max=1).int().tolist()

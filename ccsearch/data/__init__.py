@@ -7,6 +7,7 @@ NAS ranks candidates on a proxy (class subset, low resolution); see DESIGN.md
 from ccsearch.data._proxy import ProxyData
 from ccsearch.data._registry import (
     DEFAULT_SOURCE,
+    EMBEDDED_SOURCES,
     SOURCES,
     available_sources,
     detect_source,
@@ -17,6 +18,7 @@ from ccsearch.data.cache import is_cache_dir, load_cache, prepare_imagenet_cache
 
 __all__ = [
     "DEFAULT_SOURCE",
+    "EMBEDDED_SOURCES",
     "SOURCES",
     "ProxyData",
     "available_sources",

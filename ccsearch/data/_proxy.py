@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,6 +22,18 @@ class ProxyData:
     class_names: list[str]
     source: str
     description: str
+    _checksum: str = field(default="", init=False)
+
+    def checksum(self) -> str:
+        """Of the images and labels of both splits (computed once): the same data, the same
+        checksum, whichever machine or cache it was read from."""
+        if not self._checksum:
+            h = hashlib.blake2b(digest_size=8)
+            for array in (self.train_x, self.train_y, self.val_x, self.val_y):
+                h.update(str(array.shape).encode())
+                h.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+            self._checksum = h.hexdigest()
+        return self._checksum
 
     def __post_init__(self) -> None:
         # Loaders build these; a violation here is a bug in a loader, not a user mistake.
@@ -54,5 +67,5 @@ class ProxyData:
 
     @property
     def is_smoke_test(self) -> bool:
-        """True for the bundled digits: results on it say nothing about ImageNet."""
-        return self.source == "digits"
+        """True for the embedded sources (cluttered-digits, digits): results say nothing about ImageNet."""
+        return self.source in ("cluttered-digits", "digits")

@@ -10,6 +10,7 @@ from ccsearch.data._common import check_positive, check_seed
 from ccsearch.data._proxy import ProxyData
 from ccsearch.data.cache import is_cache_dir, load_imagenet_cache
 from ccsearch.data.cifar import load_cifar10, load_cifar100
+from ccsearch.data.cluttered import load_cluttered_digits
 from ccsearch.data.digits import load_digits_proxy
 from ccsearch.data.downsampled import load_downsampled
 from ccsearch.data.imagenet import load_imagenet
@@ -51,9 +52,13 @@ SOURCES: dict[str, Loader | Callable[..., ProxyData]] = {
     "cifar10": load_cifar10,
     "cifar100": load_cifar100,
     "digits": load_digits_proxy,
+    "cluttered-digits": load_cluttered_digits,
 }
 
 DEFAULT_SOURCE = "digits"
+# Sources that live in the package (generated or bundled): they take no root, and their
+# accuracies say nothing about ImageNet.
+EMBEDDED_SOURCES = ("cluttered-digits", "digits")
 
 
 def available_sources() -> list[str]:

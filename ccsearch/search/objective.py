@@ -25,9 +25,10 @@ from ccsearch.search.record import Stage, Status, TrialRecord
 from ccsearch.search.recovery import retry
 from ccsearch.search.space import SearchSpace
 from ccsearch.search.study import StudyConfig
-from ccsearch.train import TrainResult
+from ccsearch.train import TrainResult, train_repeated
 
 # (spec, seed, on_epoch) -> result; on_epoch(epoch, top1) returns True to stop training.
+# A study with ``repeats`` > 1 calls it once per seed (``train_repeated``).
 Trainer = Callable[[ArchSpec, int, Callable[[int, float], bool]], TrainResult]
 _RESULT_STATUS = {"ok": Status.OK, "diverged": Status.DIVERGED, "pruned": Status.PRUNED}
 
@@ -57,6 +58,7 @@ class Evaluator:
     # lock) open, which the records written next would wait on.
     on_interrupt: Callable[[], None] | None = None
     _counted: dict = field(default_factory=dict, repr=False)  # digest -> MaddsReport
+    _reference_specs: dict | None = field(default=None, repr=False)
 
     # ---- the steps ----------------------------------------------------------------------
 
@@ -64,14 +66,19 @@ class Evaluator:
         """Record who holds the trial, first: a kill in the MADD count is then detected."""
         record = TrialRecord(number=trial.number, owner=self.owner, worker=self.owner,
                              sampler_seed=self.sampler_seed, budget=self.config.budget,
-                             seed=self.config.seed + trial.number, **self.measured_on)
+                             seed=self.config.seed, **self.measured_on)
         rec.write(trial, record)
         return Candidate(trial, record)
 
     def claim(self, c: Candidate) -> bool:
         """Sample, count and check: True to train, False when the trial already ended."""
         trial, record = c.trial, c.record
-        c.spec = spec = self.space.sample(trial, suggest_all=self.config.sampler == "grid")
+        record.reference = trial.user_attrs.get(rec.REFERENCE, "")
+        if record.reference:  # a fixed architecture of the study, not sampled
+            spec = ArchSpec.from_dict(self._references(trial)[record.reference])
+        else:
+            spec = self.space.sample(trial, suggest_all=self.config.sampler == "grid")
+        c.spec = spec
         record.spec, record.digest = spec.to_dict(), spec_digest(spec)
         report = self._count(spec, record.digest)
         record.madds, record.params = report.madds, report.params
@@ -102,7 +109,7 @@ class Evaluator:
         c.record.curve = [*c.record.curve[: epoch - 1], top1]  # a restarted Ray trial: anew
         c.record.epochs = epoch
         records = rec.read_all(c.trial.study)
-        verdict = policy.check(c.record.number, c.record.digest, records, self.config.trials)
+        verdict = policy.check(c.record.number, c.record.digest, records, self.config.wanted)
         if verdict is policy.GO and self.pruner.should_prune(
             epoch, top1, self.epochs, finished_curves(records)
         ):
@@ -119,6 +126,10 @@ class Evaluator:
         r.curve, r.losses, r.epochs = list(result.curve), list(result.losses), result.epochs
         r.images_per_sec, r.train_time = result.images_per_sec, result.wall_time
         r.top1, r.device = result.top1, result.device or r.device
+        r.seeds, r.seed_top1, r.seed_curves = result.seeds, result.seed_top1, result.seed_curves
+        r.top1_std, r.routing_stats = result.top1_std, result.routing_stats
+        r.data_checksum = result.data_checksum or r.data_checksum
+        r.threads, r.versions = result.threads or r.threads, result.versions or r.versions
         if c.stop is not None and c.stop.status != Status.PRUNED:  # backed off mid-training
             self._end(c, c.stop.status, c.stop.reason, c.stop.twin)
             return r
@@ -150,7 +161,8 @@ class Evaluator:
         c = self.begin(trial)
         try:
             if self.claim(c):
-                result = trainer(c.spec, c.record.seed, lambda e, t: self.after_epoch(c, e, t))
+                result = train_repeated(lambda seed, on_epoch: trainer(c.spec, seed, on_epoch),
+                                        self.config.seeds(), lambda e, t: self.after_epoch(c, e, t))
                 self.finish(c, result)
         except KeyboardInterrupt:
             if self.on_interrupt is not None:
@@ -169,9 +181,15 @@ class Evaluator:
             self._counted[digest] = count_madds(spec, convention=self.config.convention)
         return self._counted[digest]
 
+    def _references(self, trial: optuna.Trial) -> dict:
+        """The study's references as spec dicts, read once per process."""
+        if self._reference_specs is None:
+            self._reference_specs = trial.study.user_attrs.get("references") or {}
+        return self._reference_specs
+
     def _check(self, c: Candidate) -> policy.Verdict:
         records = rec.read_all(c.trial.study)
-        return policy.check(c.record.number, c.record.digest, records, self.config.trials)
+        return policy.check(c.record.number, c.record.digest, records, self.config.wanted)
 
     def _end(self, c: Candidate, status: Status, reason: str, twin: TrialRecord | None = None):
         if c.ended:

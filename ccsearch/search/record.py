@@ -18,6 +18,7 @@ import optuna
 
 TrialState = optuna.trial.TrialState
 KEY = "ccsearch"  # the user attribute holding the record
+REFERENCE = "reference"  # the user attribute naming a reference trial (StudyConfig.references)
 
 
 class Status(str, Enum):
@@ -83,15 +84,28 @@ class TrialRecord:
     worker: str = ""  # host:pid of the process that trained it
     sampler_seed: int = 0  # the seed of the sampler that proposed it
     twin: int | None = None  # the trial whose result a duplicate took
+    reference: str = ""  # the study's name for a reference candidate (baseline, paper), or ""
     # how it was measured
     seed: int = 0  # training seed
     device: str = ""
     proxy: str = ""
     data: str = ""  # the data's description: says "not ImageNet" for the smoke proxy
     smoke_test: bool = False
+    data_checksum: str = ""  # of the proxy's images and labels: same data, same checksum
+    threads: int = 0  # torch intra-op threads: CPU results change with the thread count
+    versions: dict[str, str] = field(default_factory=dict)  # ccsearch, torch, optuna
     # what training gave
-    top1: float | None = None  # validation top-1 (%) after the last epoch run
-    curve: list[float] = field(default_factory=list)  # validation top-1 per epoch
+    top1: float | None = None  # validation top-1 (%) after the last epoch run (mean of seeds)
+    curve: list[float] = field(default_factory=list)  # validation top-1 per epoch (mean of seeds)
+    # with the study's ``repeats`` > 1: one entry per training seed, in order
+    seeds: list[int] = field(default_factory=list)
+    seed_top1: list[float] = field(default_factory=list)
+    seed_curves: list[list[float]] = field(default_factory=list)
+    top1_std: float | None = None  # standard deviation of seed_top1 (None: one seed)
+    # per CondConv group (key: 1-based group number as a string): routing weights over the
+    # validation images: {"bins": [lo, hi], "hist": 20 counts, "near_zero": fraction of
+    # weights < 0.05, "active": mean experts > 0.05 per example}
+    routing_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
     epochs: int = 0
     images_per_sec: float = 0.0

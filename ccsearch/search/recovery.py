@@ -46,6 +46,8 @@ def retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
             params=trial.params,
             distributions=trial.distributions,
             system_attrs={"retry_of": trial.number, "retry_chain": chain},
+            # a clean record, but still the reference it was
+            user_attrs={k: v for k, v in trial.user_attrs.items() if k == rec.REFERENCE},
         )
     )
     return True

@@ -46,7 +46,7 @@ class SearchRun:
 
     def exhausted(self, records: list[rec.TrialRecord]) -> bool:
         """No point sampling more: too many samples, or the whole grid was tried."""
-        if len(records) >= MAX_TRIALS_FACTOR * self.config.trials:
+        if len(records) >= MAX_TRIALS_FACTOR * self.config.wanted:
             return True
         if self.config.sampler == "grid":
             size = math.prod(len(c) for c in self.space.grid().values())
@@ -75,8 +75,10 @@ def space_dict(space: SearchSpace) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
 
 
-def create(config: StudyConfig, out: Path, storage_url: str | None = None, data: str = "") -> SearchRun:
-    """A new study and its run folder; ``data`` describes the proxy data (kept for resume)."""
+def create(config: StudyConfig, out: Path, storage_url: str | None = None, data: str = "",
+           data_arg: str | None = None) -> SearchRun:
+    """A new study and its run folder; ``data`` describes the proxy data (kept for resume),
+    ``data_arg`` is the ``--data`` it was read from (kept to retrain a trial)."""
     storage_url = storage_url or default_storage(out)
     if (out / "study.db").exists() or (out / "study.yaml").exists():
         raise UserError(f"{out} already holds a study: pass --resume to continue it, or --out DIR")
@@ -97,6 +99,13 @@ def create(config: StudyConfig, out: Path, storage_url: str | None = None, data:
         study.set_user_attr("config", config.to_dict())
         study.set_user_attr("space", space_dict(space))
         study.set_user_attr("data", data)
+        study.set_user_attr("data_arg", data_arg)
+        # The references, resolved once (a spec file need not exist where workers run),
+        # queued first: trained before the sampler proposes anything.
+        references = {name: spec.to_dict() for name, spec in config.reference_specs().items()}
+        study.set_user_attr("references", references)
+        for name in references:
+            study.enqueue_trial({}, user_attrs={rec.REFERENCE: name}, skip_if_exists=False)
         shown = {"study": config.to_dict(), "search_space": space_dict(space), "data": data,
                  "storage": shown_url(storage_url)}
         (out / "study.yaml").write_text(yaml.safe_dump(shown, sort_keys=False))
@@ -195,13 +204,18 @@ def finalize(run: SearchRun) -> RunFiles | None:
     front = pareto_front(table)
     results = run.out / "results.csv"
     atomic_write(results, table.to_csv(index=False))
-    pareto = write_pareto_page(table, front, run.config.budget,
-                               f"{run.config.name}: proxy top-1 vs MADDs", run.out / "pareto.html")
+    pareto = write_pareto_page(run, run.out / "pareto.html")
     top = best_on_front(front)
     best = None
     if top is not None:
         best = write_best_arch(run.study, top, run.out / "best_arch.json")
     return RunFiles(results, pareto, best, table, front, top)
+
+
+def started(run: SearchRun) -> bool:
+    """Has any trial begun?  (The queued references alone do not count.)"""
+    waiting = optuna.trial.TrialState.WAITING
+    return any(t.state != waiting for t in run.study.get_trials(deepcopy=False))
 
 
 def discard(run: SearchRun, existed: bool) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import optuna
 
 from ccsearch.arch import ArchSpec, get_backbone
+from ccsearch.arch.resolve import resolve_spec
 from ccsearch.config import check_fields, load_yaml_mapping, resolve_config
 from ccsearch.errors import UserError
 from ccsearch.madds import CONVENTIONS, count_madds, exact_madds_label, format_madds, parse_madds
@@ -16,6 +17,7 @@ from ccsearch.search.space import SearchSpace, load_search_space
 from ccsearch.train.proxy import ProxyConfig, get_proxy
 
 SAMPLERS = ("nsga2", "tpe", "random", "grid")
+REFERENCE_FIELDS = ("model", "condconv", "experts", "routing", "width")
 PRUNERS = ("median", "successive_halving", "none")
 
 
@@ -34,6 +36,14 @@ class StudyConfig:
     startup_trials: int = 4  # random trials before TPE models / pruning kicks in
     description: str = ""
     epochs: int | None = None  # replaces the proxy's epochs (``run --epochs``)
+    # Seeds each candidate trains with (seed, seed + 1, ...): its top-1 is their mean,
+    # which the front, ``best``, NSGA-II and the pruner use (see ``ccsearch proxy-check``).
+    repeats: int = 1
+    # Named fixed architectures trained first, with the same proxy and seeds, and marked on
+    # every table and plot: name -> a backbone name or spec .json, or a mapping of
+    # model/condconv/experts/routing/width as the CLI takes them.
+    references: dict[str, Any] = field(default_factory=dict)
+    count_references: bool = False  # do trained references count towards ``trials``?
 
     def __post_init__(self) -> None:
         where = f"study {self.name!r}"
@@ -43,7 +53,7 @@ class StudyConfig:
             raise UserError(f"{where}: pruner {self.pruner!r} is not one of {PRUNERS}")
         if self.convention not in CONVENTIONS:
             raise UserError(f"{where}: convention {self.convention!r} is not one of {CONVENTIONS}")
-        for key in ("trials", "population_size", "startup_trials"):
+        for key in ("trials", "population_size", "startup_trials", "repeats"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise UserError(f"{where}: {key} must be a positive integer, got {value!r}")
@@ -56,8 +66,41 @@ class StudyConfig:
             not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 1
         ):
             raise UserError(f"{where}: epochs must be a positive integer, got {self.epochs!r}")
+        if not isinstance(self.references, dict):
+            raise UserError(f"{where}: references must map names to models, got {self.references!r}")
+        if not isinstance(self.count_references, bool):
+            raise UserError(f"{where}: count_references must be true or false")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise UserError(f"{where}: seed must be an integer >= 0, got {self.seed!r}")
+
+    @property
+    def wanted(self) -> int:
+        """Trained trials the study ends with: ``trials``, plus the references unless they
+        count towards it."""
+        return self.trials + (0 if self.count_references else len(self.references))
+
+    def reference_specs(self) -> dict[str, ArchSpec]:
+        """The references as architectures (one clear line for a bad one)."""
+        specs = {}
+        for name, model in self.references.items():
+            options = {"model": model} if isinstance(model, str) else model
+            if not isinstance(options, dict) or "model" not in options:
+                raise UserError(f"study {self.name!r}: reference {name!r} needs a model, got {model!r}")
+            unknown = sorted(set(options) - set(REFERENCE_FIELDS))
+            if unknown:
+                raise UserError(f"study {self.name!r}: reference {name!r} has unknown fields "
+                                f"{unknown}; known: {', '.join(REFERENCE_FIELDS)}")
+            condconv = options.get("condconv")
+            spec = resolve_spec(str(options["model"]), None if condconv is None else str(condconv),
+                                options.get("experts"), options.get("routing"),
+                                float(options.get("width", 1.0)))
+            specs[name] = replace(spec, name=f"{self.name}_{name}")
+        return specs
+
+    def seeds(self) -> list[int]:
+        """The training seeds of every candidate: the same for all, so candidates differ
+        by their architecture and not by their data order or initialisation draw."""
+        return [self.seed + r for r in range(self.repeats)]
 
     def space(self) -> SearchSpace:
         return load_search_space(self.search_space)
@@ -156,6 +199,11 @@ def load_study_config(name_or_path: str | Path) -> StudyConfig:
         value = data.get(key)
         if isinstance(value, str) and (value.endswith((".yaml", ".yml")) or "/" in value):
             data[key] = str((path.parent / Path(value).expanduser()).resolve())
+    for name, model in (data.get("references") or {}).items():
+        options = model if isinstance(model, dict) else {"model": model}
+        if isinstance(options.get("model"), str) and options["model"].endswith(".json"):
+            options = {**options, "model": str((path.parent / Path(options["model"]).expanduser()).resolve())}
+            data["references"][name] = options
     known = set(StudyConfig.__dataclass_fields__)
     check_fields(path, data, known)
     for key in ("search_space", "budget"):
@@ -165,6 +213,7 @@ def load_study_config(name_or_path: str | Path) -> StudyConfig:
         data["budget"] = parse_madds(data["budget"])
         config = StudyConfig(**data)
         config.space()  # validate the space it names now, with the study's path in the error
+        config.reference_specs()
     except UserError as err:
         raise UserError(f"{path}: {err}") from None
     except TypeError as err:

@@ -7,6 +7,7 @@ from ccsearch.train.trainer import (
     evaluate,
     resolve_device,
     train_candidate,
+    train_repeated,
 )
 
 __all__ = [
@@ -19,4 +20,5 @@ __all__ = [
     "load_proxy_data",
     "resolve_device",
     "train_candidate",
+    "train_repeated",
 ]

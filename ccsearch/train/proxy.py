@@ -15,7 +15,7 @@ from typing import Any
 
 from ccsearch.arch import ArchSpec
 from ccsearch.config import check_fields, load_yaml_mapping
-from ccsearch.data import DEFAULT_SOURCE, ProxyData, load_data, parse_data_arg
+from ccsearch.data import DEFAULT_SOURCE, EMBEDDED_SOURCES, ProxyData, load_data, parse_data_arg
 from ccsearch.errors import UserError
 
 OPTIMIZERS = ("sgd", "rmsprop")
@@ -42,6 +42,9 @@ class ProxyConfig:
     width: float = 1.0  # proxy-only width multiplier of the candidate
     depth: float = 1.0  # proxy-only multiplier of each group's repeats
     max_val_images: int | None = None  # cap on held-out images (evaluation cost)
+    # Which classes and images a subset takes: part of the proxy, never a trial's training
+    # seed, so every trial (and ``ccsearch train`` retraining one) sees the same data.
+    data_seed: int = 0
 
     def __post_init__(self) -> None:
         where = f"proxy {self.name!r}"
@@ -168,10 +171,11 @@ def _load_yaml(path: Path) -> ProxyConfig:
         raise UserError(f"{path}: {err}") from None
 
 
-def load_proxy_data(proxy: ProxyConfig, data: str | None = None, seed: int = 0) -> ProxyData:
-    """The data a proxy trains on: ``data`` (a CLI ``--data`` string) or the proxy's default."""
+def load_proxy_data(proxy: ProxyConfig, data: str | None = None) -> ProxyData:
+    """The data a proxy trains on: ``data`` (a CLI ``--data`` string) or the proxy's default,
+    subset with the proxy's ``data_seed``."""
     source, root = parse_data_arg(data, default=proxy.data)
-    if root is None and source != DEFAULT_SOURCE:
+    if root is None and source not in EMBEDDED_SOURCES:
         raise UserError(
             f"proxy {proxy.name!r} reads {source}: give its location with --data PATH "
             f"(or --data {DEFAULT_SOURCE} for the embedded smoke test)"
@@ -182,5 +186,5 @@ def load_proxy_data(proxy: ProxyConfig, data: str | None = None, seed: int = 0) 
         resolution=proxy.resolution,
         classes=proxy.classes,
         images_per_class=proxy.images_per_class,
-        seed=seed,
+        seed=proxy.data_seed,
     )

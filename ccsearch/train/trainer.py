@@ -10,8 +10,9 @@ ending is a result, never an exception that would kill a search: ``ok``,
 from __future__ import annotations
 
 import math
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,8 +27,10 @@ from ccsearch.arch import ArchSpec, build_model, spec_digest
 from ccsearch.checkpoint import Checkpoint, load_weights, save_checkpoint
 from ccsearch.data import ProxyData
 from ccsearch.errors import UserError
+from ccsearch.provenance import versions
 from ccsearch.train.augment import random_crop_flip
 from ccsearch.train.proxy import ProxyConfig
+from ccsearch.train.routing_stats import routing_statistics
 
 # Called after each epoch with (epoch 1..N, validation top-1 in %); True stops the run.
 EpochCallback = Callable[[int, float], bool]
@@ -49,6 +52,17 @@ class TrainResult:
     smoke_test: bool = False
     seed: int = 0
     params: int = 0  # parameters of the proxy model actually trained
+    # what else the top-1 depends on: same values, same top-1 (CPU results change with
+    # the thread count; GPU kernels may not be bitwise deterministic)
+    data_checksum: str = ""
+    threads: int = 0
+    versions: dict[str, str] = field(default_factory=dict)
+    # one entry per training seed (``train_repeated``); top1 and curve are then their mean
+    seeds: list[int] = field(default_factory=list)
+    seed_top1: list[float] = field(default_factory=list)
+    seed_curves: list[list[float]] = field(default_factory=list)
+    top1_std: float | None = None
+    routing_stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # routing_stats.py
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,6 +81,7 @@ class DeviceData:
     num_classes: int
     description: str
     smoke_test: bool
+    checksum: str = ""  # ProxyData.checksum() of the data it was made from
 
     @classmethod
     def from_proxy_data(
@@ -100,6 +115,7 @@ class DeviceData:
             num_classes=data.num_classes,
             description=data.description,
             smoke_test=data.is_smoke_test,
+            checksum=data.checksum(),
         )
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
@@ -140,6 +156,9 @@ def train_candidate(
         data=data.description,
         smoke_test=data.smoke_test,
         seed=seed,
+        data_checksum=data.checksum,
+        threads=torch.get_num_threads(),
+        versions=versions(),
     )
     try:
         _train(spec, proxy, data, device, on_epoch, seed, result, save_to, resume)
@@ -150,6 +169,55 @@ def train_candidate(
             torch.cuda.empty_cache()
     result.wall_time = time.perf_counter() - start
     return result
+
+
+def train_repeated(
+    train: Callable[[int, EpochCallback], TrainResult],
+    seeds: Sequence[int],
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
+    """``train(seed, on_epoch)`` once per seed, in turn, as one result: the mean curve and
+    top-1, their standard deviation and every seed's curve.
+
+    ``on_epoch`` sees, at each epoch, the mean over the seeds trained so far, so a pruner
+    compares mean curves; a stop, a divergence or a failure ends the remaining seeds."""
+    runs: list[TrainResult] = []
+    for seed in seeds:
+        before = [r.curve for r in runs]
+
+        def mean_so_far(epoch: int, top1: float, before=before) -> bool:
+            values = [c[epoch - 1] for c in before if len(c) >= epoch] + [top1]
+            return on_epoch(epoch, sum(values) / len(values)) if on_epoch else False
+
+        runs.append(train(seed, mean_so_far))
+        if runs[-1].status != "ok":
+            break
+    return _combine(runs)
+
+
+def _combine(runs: list[TrainResult]) -> TrainResult:
+    last = runs[-1]
+    combined = TrainResult(**{**runs[0].to_dict(), "status": last.status, "reason": last.reason})
+    length = max(len(r.curve) for r in runs)
+
+    def mean_per_epoch(lists: list[list[float]]) -> list[float]:
+        columns = [[x[e] for x in lists if len(x) > e] for e in range(length)]
+        return [sum(c) / len(c) for c in columns if c]
+
+    combined.curve = mean_per_epoch([r.curve for r in runs])
+    combined.losses = mean_per_epoch([r.losses for r in runs])
+    combined.epochs = length
+    combined.seeds = [r.seed for r in runs]
+    combined.seed_curves = [list(r.curve) for r in runs]
+    combined.seed_top1 = [r.top1 for r in runs if r.top1 is not None]
+    ended = last.status == "ok" and len(combined.seed_top1) == len(runs)
+    combined.top1 = (sum(combined.seed_top1) / len(runs)) if ended else (
+        combined.curve[-1] if combined.curve else None)
+    if ended and len(runs) > 1:
+        combined.top1_std = statistics.stdev(combined.seed_top1)
+    combined.wall_time = sum(r.wall_time for r in runs)
+    combined.images_per_sec = statistics.fmean(r.images_per_sec for r in runs)
+    return combined
 
 
 def _train(
@@ -197,6 +265,9 @@ def _train(
     _epochs(model, proxy, data, device, on_epoch, result, generator, optimizer, schedule,
             range(first_epoch, proxy.epochs + 1), batch_size, steps_per_epoch, autocast, scaler,
             keep if save_to is not None else None)
+    if result.status in ("ok", "pruned"):  # trained: is its routing sparse?
+        result.routing_stats = routing_statistics(model, data.val_x, data.normalise,
+                                                  max(256, batch_size), autocast)
 
 
 def _resume(model, trained: ArchSpec, proxy: ProxyConfig, resume: Checkpoint, generator,

@@ -33,7 +33,7 @@ class InProcess:
         trainer = self.trainer
         if trainer is None:
             device = resolve_device(self.device)
-            data = self.proxy_data or load_proxy_data(proxy, self.data, seed=search.config.seed)
+            data = self.proxy_data or load_proxy_data(proxy, self.data)
             on_device = DeviceData.from_proxy_data(data, device, proxy.max_val_images)
             measured_on = {"proxy": proxy.name, "data": on_device.description,
                            "smoke_test": on_device.smoke_test, "device": str(device)}
@@ -60,7 +60,7 @@ def run_trials(search: SearchRun, evaluator: Evaluator, trainer: Trainer,
     While every slot is held by trials of other processes this process waits: a holder
     may back off or die (its trial is then failed and retried), and the study must not
     end short."""
-    wanted = search.config.trials
+    wanted = search.config.wanted
     evaluator.on_interrupt = lambda: release_session(search.storage)
     with Heartbeat(search.study, search.storage) as heartbeat:
         while True:

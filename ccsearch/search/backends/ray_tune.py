@@ -63,20 +63,28 @@ def ray_trial(config: dict, *, proxy_data: ProxyData, proxy: ProxyConfig, device
     import torch
     from ray import tune
 
-    from ccsearch.train import train_candidate
+    from ccsearch.train import train_candidate, train_repeated
 
     torch.set_num_threads(threads)
     spec = ArchSpec.from_dict(config["spec"])
     worker = this_process()
+    steps = len(config["seeds"]) * proxy.epochs  # epochs over all the study's seeds
+    step = 0
 
     def on_epoch(epoch: int, top1: float) -> bool:
-        if epoch < proxy.epochs:  # the last epoch comes with the final result
-            tune.report({"epoch": epoch, "epoch_top1": top1, "worker": worker})
+        nonlocal step
+        step += 1
+        if step < steps:  # the last epoch comes with the final result
+            tune.report({"epoch": epoch, "step": step, "epoch_top1": top1, "worker": worker})
         return False
 
-    result = train_candidate(spec, proxy, proxy_data, device, on_epoch, seed=config["seed"])
-    tune.report({"epoch": max(1, result.epochs), "epoch_top1": result.top1 or 0.0,
-                 "worker": worker, "train_result": json.dumps(result.to_dict())})  # not flattened
+    def train(seed: int, report) -> TrainResult:
+        return train_candidate(spec, proxy, proxy_data, device, report, seed=seed)
+
+    result = train_repeated(train, config["seeds"], on_epoch)
+    tune.report({"epoch": max(1, result.epochs), "step": max(1, step),
+                 "epoch_top1": result.top1 or 0.0, "worker": worker,
+                 "train_result": json.dumps(result.to_dict())})  # not flattened
 
 
 class _Driver:
@@ -97,7 +105,7 @@ class _Driver:
 
     def suggest(self) -> dict | None | str:
         """The next candidate to train, None to ask again later, or "finished"."""
-        wanted = self.search.config.trials
+        wanted = self.search.config.wanted
         while True:
             reap(self.search.study)
             records = self.search.records()
@@ -166,7 +174,7 @@ def _tune_classes():
                 return None
             candidate = got["candidate"]
             self.driver.candidates[trial_id] = candidate
-            return {"spec": candidate.record.spec, "seed": candidate.record.seed,
+            return {"spec": candidate.record.spec, "seeds": self.driver.search.config.seeds(),
                     "trial": candidate.record.number}
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
@@ -251,8 +259,9 @@ class RayTune:
             if config.pruner == "none":
                 scheduler = FIFOScheduler()
             else:  # ASHA on the per-epoch accuracy, rungs at epochs 1, 2, 4, ...
-                scheduler = ASHAScheduler(time_attr="epoch", metric="epoch_top1", mode="max",
-                                          max_t=max(2, proxy.epochs), grace_period=1,
+                scheduler = ASHAScheduler(time_attr="step", metric="epoch_top1", mode="max",
+                                          max_t=max(2, proxy.epochs * config.repeats),
+                                          grace_period=1,
                                           reduction_factor=2, stop_last_trials=False)
             trainable = tune.with_resources(
                 tune.with_parameters(ray_trial, proxy_data=self.proxy_data, proxy=proxy,
@@ -265,8 +274,8 @@ class RayTune:
                 tune_config=tune.TuneConfig(
                     search_alg=searcher_class(driver),
                     scheduler=scheduler,
-                    num_samples=MAX_TRIALS_FACTOR * config.trials,
-                    max_concurrent_trials=max(1, min(fits, config.trials)),
+                    num_samples=MAX_TRIALS_FACTOR * config.wanted,
+                    max_concurrent_trials=max(1, min(fits, config.wanted)),
                     reuse_actors=True,  # no new worker process (and torch import) per trial
                 ),
                 run_config=tune.RunConfig(

@@ -1,0 +1,54 @@
+"""MODEL as users write it: a backbone name or a spec file, plus CondConv options."""
+
+from __future__ import annotations
+
+from ccsearch.arch.backbones import get_backbone
+from ccsearch.arch.spec import ArchSpec
+from ccsearch.errors import UserError
+
+
+def parse_groups(text: str, num_groups: int) -> list[int]:
+    """``"6,7"``, ``"5-7"`` or ``"all"`` -> block-group numbers (1-based)."""
+    if text.strip().lower() == "all":
+        return list(range(1, num_groups + 1))
+    groups: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if lo > hi:
+                    raise UserError(f"--condconv {text!r}: the range {part!r} is reversed "
+                                    f"(use {hi}-{lo})")
+                groups.extend(range(lo, hi + 1))
+            else:
+                groups.append(int(part))
+        except ValueError:
+            raise UserError(
+                f"--condconv {text!r}: {part!r} is not a block-group number "
+                f"(use e.g. 6,7 or 5-7 or all)"
+            ) from None
+    return groups
+
+
+def resolve_spec(
+    name_or_path: str,
+    condconv: str | None = None,
+    experts: int | None = None,
+    routing: str | None = None,
+    width: float = 1.0,
+) -> ArchSpec:
+    """A shipped backbone name or a spec JSON file, with the CondConv options applied (the
+    CLI's MODEL --condconv --experts --routing --width, and a study's ``references``)."""
+    if name_or_path.endswith(".json"):
+        spec = ArchSpec.load(name_or_path)
+        if width != 1.0:
+            spec = spec.scale_width(width)
+    else:
+        spec = get_backbone(name_or_path, width)
+    if condconv is None:
+        if experts is not None or routing is not None:
+            raise UserError("--experts and --routing need --condconv GROUPS (e.g. --condconv 6,7)")
+        return spec
+    groups = parse_groups(condconv, len(spec.groups))
+    return spec.with_condconv(groups, 8 if experts is None else experts, routing or "sigmoid")

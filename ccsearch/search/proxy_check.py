@@ -1,0 +1,108 @@
+"""Does the proxy rank candidates the same way from seed to seed?  ``ccsearch proxy-check``.
+
+A NAS front is only as good as its proxy's ranking.  A proxy check is a small study of
+its own (so it runs, resumes, scales and reads like a search): K candidates sampled at
+random, the backbone without CondConv among them as the reference ``baseline``, each
+trained with every seed (``repeats``).  From the per-seed top-1 it reports the
+seed-to-seed Kendall tau and Spearman rho, the noise floor (median |delta top-1|
+between seeds), the ``repeats`` a study needs to reach a target tau, and whether the
+proxy is saturated (the baseline within 5 points of 100%).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from dataclasses import asdict, dataclass, replace
+
+from scipy.stats import kendalltau, spearmanr
+
+from ccsearch.errors import UserError
+from ccsearch.search.record import Status, TrialRecord
+from ccsearch.search.study import StudyConfig
+
+TARGET_TAU = 0.7
+SATURATED_WITHIN = 5.0  # points below 100% for the baseline: the proxy is at its ceiling
+NO_BUDGET = 10**15  # a check over a bare space: every candidate is feasible
+
+
+def check_config(base: StudyConfig, candidates: int, seeds: int, name: str | None = None,
+                 bounded: bool = True) -> StudyConfig:
+    """The study a proxy check runs: ``candidates`` in all (the baseline included),
+    random sampler, no pruning, every candidate trained with ``seeds`` seeds.
+    ``bounded``: keep the study's budget (False for a bare search space)."""
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 3:
+        raise UserError(f"--candidates must be an integer >= 3 (a ranking needs three), got {candidates!r}")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 2:
+        raise UserError(f"--seeds must be an integer >= 2 (seed-to-seed agreement needs two), got {seeds!r}")
+    space = base.space()
+    return replace(
+        base,
+        name=name or f"proxy_check_{space.name}_{base.proxy_config().name}",
+        budget=base.budget if bounded else NO_BUDGET,
+        sampler="random",
+        pruner="none",
+        trials=candidates,
+        repeats=seeds,
+        references={"baseline": {"model": space.backbone, "width": max(space.width)}},
+        count_references=True,
+        description=f"proxy check: {candidates} candidates x {seeds} seeds",
+    )
+
+
+@dataclass(frozen=True)
+class RankStability:
+    candidates: int
+    seeds: int
+    kendall_tau: float  # mean over seed pairs
+    spearman_rho: float
+    noise_floor: float  # median |delta top-1| between two seeds of a candidate, points
+    recommended_repeats: int | None  # seeds per candidate for TARGET_TAU (None: unreachable)
+    baseline_top1: float | None
+    saturated: bool
+    rows: list[dict]  # per candidate: trial, reference, mean, std, per-seed top-1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def rank_stability(records: list[TrialRecord], target_tau: float = TARGET_TAU) -> RankStability:
+    """The agreement between seeds over the candidates trained with every seed."""
+    done = [r for r in records if r.status == Status.OK and len(r.seed_top1) >= 2]
+    if len(done) < 3:
+        raise UserError(f"a proxy check needs 3 candidates trained with every seed; "
+                        f"{len(done)} are")
+    seeds = min(len(r.seed_top1) for r in done)
+    columns = [[r.seed_top1[s] for r in done] for s in range(seeds)]
+    pairs = list(itertools.combinations(range(seeds), 2))
+    tau = statistics.fmean(_finite(kendalltau(columns[a], columns[b])[0]) for a, b in pairs)
+    rho = statistics.fmean(_finite(spearmanr(columns[a], columns[b])[0]) for a, b in pairs)
+    noise = statistics.median(abs(r.seed_top1[a] - r.seed_top1[b]) for r in done for a, b in pairs)
+    baseline = next((r for r in done if r.reference == "baseline"), None)
+    baseline_top1 = baseline.top1 if baseline is not None else None
+    rows = [{"trial": r.number, "reference": r.reference, "top1": r.top1, "std": r.top1_std,
+             "seed_top1": list(r.seed_top1), "madds": r.madds} for r in done]
+    return RankStability(
+        candidates=len(done), seeds=seeds, kendall_tau=tau, spearman_rho=rho, noise_floor=noise,
+        recommended_repeats=repeats_for(tau, target_tau), baseline_top1=baseline_top1,
+        saturated=baseline_top1 is not None and baseline_top1 > 100 - SATURATED_WITHIN, rows=rows,
+    )
+
+
+def repeats_for(tau: float, target: float = TARGET_TAU) -> int | None:
+    """Seeds per candidate for means of that many seeds to agree with ``target`` tau.
+
+    Greiner's relation turns tau into a correlation (r = sin(pi tau / 2)); the
+    Spearman-Brown formula gives the correlation of means of n seeds, solved for n.
+    None when the seeds do not agree at all (tau <= 0): no number of seeds helps."""
+    if tau >= target:
+        return 1
+    if tau <= 0:
+        return None
+    r, wanted = math.sin(math.pi * tau / 2), math.sin(math.pi * target / 2)
+    return math.ceil(wanted * (1 - r) / (r * (1 - wanted)))
+
+
+def _finite(x: float) -> float:
+    return 0.0 if x != x else float(x)  # constant columns: no ranking, no agreement

@@ -88,50 +88,31 @@ def cli_argv(*args: str) -> list[str]:
 def reference_runs(tmp: Path) -> tuple[Path, Path]:
     """Two run folders of one real tiny study, as the dashboards and results read them.
 
-    ``ccsearch run`` trains the static MobileNetV1 0.25x and CondConv in layer 12 (layer
-    13 is over the 42.5M budget), 2 epochs each.  The trials are then copied into a second
-    study with what a study with references records: the static candidate marked as the
-    ``baseline`` reference, routing statistics and seeds on the trained ones, and a pruned
-    trial (layer 12's first epoch).  The second folder is a copy of the first, for
-    several-run dashboards.
+    ``ccsearch run`` trains the static MobileNetV1 0.25x as the ``baseline`` reference and
+    CondConv in layer 12 (layer 13 is over the 42.5M budget; the grid's static point is a
+    duplicate of the baseline), 2 seeds of 2 epochs each, with their routing statistics.
+    One trial is added as the study would record a pruned one (layer 12 stopped after its
+    first epoch: pruning itself is tested in test_policy.py).  The second folder is a copy
+    of the first, for several-run dashboards.
     """
+    import shutil
     from dataclasses import replace
 
     from ccsearch.cli import main
-    from ccsearch.search import load_study_config, run
-    from ccsearch.search.record import KEY, STATE, TrialRecord
+    from ccsearch.search import run
+    from ccsearch.search.record import KEY, STATE
 
-    write_tiny_study(tmp, sampler="grid", trials=3, space=THREE_ARCHITECTURES, budget="42.5M")
-    assert main(["run", "--study", str(tmp / "study.yaml"), "--out", str(tmp / "raw"),
+    write_tiny_study(tmp, sampler="grid", trials=1, space=THREE_ARCHITECTURES, budget="42.5M")
+    with open(tmp / "study.yaml", "a") as f:
+        f.write("repeats: 2\nreferences:\n  baseline: {model: mobilenet_v1, width: 0.25}\n")
+    assert main(["run", "--study", str(tmp / "study.yaml"), "--out", str(tmp / "run"),
                  "--quiet"]) == 0
-    trials = load(tmp / "raw").get_trials()
-    config = replace(load_study_config(tmp / "study.yaml"), name="tiny")
-    search = run.create(config, tmp / "run", data=load(tmp / "raw").user_attrs["data"])
-    copies = []
-    for t in trials:
-        record = TrialRecord.from_dict(t.user_attrs[KEY])
-        groups = [g for g in record.spec["groups"] if g["experts"]]
-        if record.status == Status.OK and not groups:
-            record.reference = "baseline"
-            record.seeds, record.seed_top1 = [1, 2], [record.top1 - 1, record.top1 + 1]
-            record.top1_std = 1.0
-        if record.status == Status.OK:
-            record.routing_stats = {
-                str(i): {"bins": [0.0, 1.0], "hist": [40 - 2 * b for b in range(20)],
-                         "near_zero": 0.3, "active": 20.5}
-                for i, g in enumerate(record.spec["groups"], 1) if g["experts"]}
-        copies.append(optuna.trial.create_trial(
-            state=t.state, values=t.values, params=t.params, distributions=t.distributions,
-            user_attrs={KEY: record.to_dict()}, system_attrs=t.system_attrs))
-        if record.status == Status.OK and groups:  # the same candidate, pruned after epoch 1
-            pruned = replace(record, status=Status.PRUNED, top1=None, curve=record.curve[:1],
-                             epochs=1, digest=record.digest + "p", routing_stats={})
-            copies.append(optuna.trial.create_trial(
-                state=STATE[Status.PRUNED], params=t.params, distributions=t.distributions,
-                user_attrs={KEY: pruned.to_dict()}))
-    search.study.add_trials(copies)
+    search = run.open_folder(tmp / "run")
+    trained = [r for r in search.records() if r.status == Status.OK and not r.reference]
+    pruned = replace(trained[0], status=Status.PRUNED, top1=None, curve=trained[0].curve[:1],
+                     epochs=1, digest=trained[0].digest + "p", routing_stats={})
+    search.study.add_trial(optuna.trial.create_trial(
+        state=STATE[Status.PRUNED], user_attrs={KEY: pruned.to_dict()}))
     run.finalize(search)  # results.csv, pareto.html (the default dashboard), best_arch.json
-    import shutil
-
     shutil.copytree(tmp / "run", tmp / "run2")
     return tmp / "run", tmp / "run2"

@@ -157,6 +157,7 @@ def read(trial: optuna.trial.FrozenTrial) -> TrialRecord:
     Optuna failed (a stale heartbeat, a dead process) without a failure recorded reads as
     ``interrupted``, and one still waiting (a retry) has a fresh record."""
     record = TrialRecord.from_dict(trial.user_attrs.get(KEY) or {}, trial.number, trial.state)
+    record.reference = record.reference or trial.user_attrs.get(REFERENCE, "")  # even queued
     if trial.state == TrialState.FAIL and record.status not in (Status.FAILED, Status.INTERRUPTED):
         kept = trial.system_attrs.get("kept_as")
         record.status = Status.INTERRUPTED

@@ -50,8 +50,9 @@ class SearchRun:
             return True
         if self.config.sampler == "grid":
             size = math.prod(len(c) for c in self.space.grid().values())
-            waiting = sum(r.state == optuna.trial.TrialState.WAITING for r in records)
-            return len(records) - waiting >= size and not waiting
+            sampled = [r for r in records if not r.reference]  # references are not grid points
+            waiting = sum(r.state == optuna.trial.TrialState.WAITING for r in sampled)
+            return len(sampled) - waiting >= size and not waiting
         return False
 
 

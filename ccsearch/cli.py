@@ -264,8 +264,9 @@ def _trial_to_reproduce(args: argparse.Namespace):
 
 
 def _compare_with_record(record, result) -> None:
-    """Say whether the retraining gave the recorded top-1 (the whole curve, in fact)."""
-    if list(result.curve) == list(record.curve):
+    """Say whether the retraining gave the recorded top-1 (the whole curve, in fact; a
+    pruned trial's curve is the start of the full one)."""
+    if list(result.curve[: len(record.curve)]) == list(record.curve):
         print(f"reproduced trial {record.number} exactly: the recorded curve was "
               f"{', '.join(f'{t:.2f}' for t in record.curve)}")
     else:
@@ -687,7 +688,7 @@ def _shown_table(table):
         madds=table["madds"].map(lambda m: "" if m is None or m != m else format_madds(m)),
         params=table["params"].map(lambda n: "" if n is None or n != n else format_params(n)),
         wall_time=table["wall_time"].map("{:.1f}s".format),
-    ).drop(columns=["state", "top1_std", "budget", "train_time", "seed", "digest"])
+    ).drop(columns=["state", "top1_std", "budget", "train_time", "seed", "digest", "retrain"])
 
 
 def cmd_results(args: argparse.Namespace) -> int:
@@ -702,7 +703,8 @@ def cmd_results(args: argparse.Namespace) -> int:
             import pyarrow  # noqa: F401
         except ImportError:
             raise UserError("--format parquet needs pyarrow: pip install 'ccsearch[parquet]'") from None
-    table = trials_table(open_run(args.run, args.storage, args.study).study)
+    search = open_run(args.run, args.storage, args.study)
+    table = trials_table(search.study, search.out)
     if args.pareto:
         table = pareto_front(table)
     if args.format == "parquet":
@@ -717,6 +719,8 @@ def cmd_results(args: argparse.Namespace) -> int:
         text = "no trial on the Pareto front yet\n" if args.pareto else "no trial yet\n"
     else:
         text = _shown_table(table).to_string(index=False, na_rep="") + "\n"
+        if search.out is not None and (table["retrain"] != "").any():
+            text += f"retrain a trial exactly: ccsearch train --from-trial {search.out} N\n"
     if args.out:
         Path(args.out).write_text(text)
         print(f"{plural(len(table), 'row')} written to {args.out}")
@@ -750,7 +754,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else (first or Path(".")) / f"dashboard-{dashboard.name}.html"
 
     def runs():
-        return [load_run(s.study, n) for s, n in zip(searches, names, strict=True)]
+        return [load_run(s.study, n, s.out) for s, n in zip(searches, names, strict=True)]
 
     if args.serve:
         from ccsearch.dashboard.serve import serve

@@ -7,6 +7,7 @@ so results work the same whichever backend or machine ran the trials.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -38,16 +39,20 @@ COLUMNS = [
     "seed",
     "reason",
     "digest",
+    "retrain",
 ]
 
 
-def trials_table(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial, in trial order."""
-    return records_table(read_all(study))
+def trials_table(study: optuna.Study, folder: Path | None = None) -> pd.DataFrame:
+    """One row per trial, in trial order; with the run ``folder``, the ``retrain`` column
+    holds the command that retrains each trained trial exactly."""
+    return records_table(read_all(study), folder)
 
 
-def records_table(records: list[TrialRecord]) -> pd.DataFrame:
+def records_table(records: list[TrialRecord], folder: Path | None = None) -> pd.DataFrame:
     """``trials_table`` of records already read (a dashboard reads a study once)."""
+    from ccsearch.search.reproduce import train_command
+
     rows = []
     for r in records:
         groups = (r.spec or {}).get("groups", [])
@@ -77,6 +82,7 @@ def records_table(records: list[TrialRecord]) -> pd.DataFrame:
                 "seed": r.seed,
                 "reason": r.reason,
                 "digest": r.digest or None,
+                "retrain": train_command(folder, r) if folder is not None and r.trained else "",
             }
         )
     table = pd.DataFrame(rows, columns=COLUMNS)

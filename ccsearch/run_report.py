@@ -29,7 +29,7 @@ def write_pareto_page(run: SearchRun, path: Path) -> Path:
     ``ccsearch dashboard RUN`` draws, so there is one drawing path."""
     from ccsearch.dashboard import load_dashboard, load_run, write_dashboard
 
-    return write_dashboard([load_run(run.study, run.config.name)], load_dashboard("default"), path)
+    return write_dashboard([load_run(run.study, run.config.name, run.out)], load_dashboard("default"), path)
 
 
 def write_best_arch(study: optuna.Study, best: pd.Series, path: Path) -> Path:

@@ -176,7 +176,9 @@ def test_results_of_a_real_run_json_and_parquet_round_trip(tiny_runs, tmp_path, 
     assert baseline["top1"] == pytest.approx(statistics.fmean(record.seed_top1))
     assert baseline["condconv"] == "-"
 
-    table = trials_table(run.open_folder(tiny_runs[0]).study)
+    table = trials_table(run.open_folder(tiny_runs[0]).study, tiny_runs[0])
+    assert rows[baseline["trial"]]["retrain"] == (
+        f"ccsearch train --from-trial {tiny_runs[0]} {baseline['trial']}")
     assert main(["results", folder, "--format", "json", "-o", str(tmp_path / "t.json")]) == 0
     assert main(["results", folder, "--format", "parquet", "-o", str(tmp_path / "t.parquet")]) == 0
     assert capsys.readouterr().out.endswith(f"{len(table)} rows written to {tmp_path / 't.parquet'}\n")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -60,12 +61,13 @@ class RunData:
         return next((r for r in self.records if r.proxy or r.data), None)
 
 
-def load_run(study: optuna.Study, name: str | None = None) -> RunData:
+def load_run(study: optuna.Study, name: str | None = None, folder: Path | None = None) -> RunData:
     """Read ``study`` once.  Its budget and space come from the study's user attributes,
-    which ``ccsearch.search.run.create`` writes."""
+    which ``ccsearch.search.run.create`` writes; ``folder`` (the run folder) gives each
+    trained trial its retrain command."""
     trials = study.get_trials(deepcopy=False)
     records = [read(t) for t in trials]
-    table = records_table(records)
+    table = records_table(records, folder)
     return RunData(name or study.study_name, study, trials, records, table, pareto_front(table))
 
 

@@ -31,8 +31,8 @@ PALETTE = ["#d1495b", "#00798c", "#edae49", "#30638e", "#66a182", "#8d96a3", "#6
 NEAR_ZERO = 0.05  # the routing statistics' "close to 0"
 
 LAYOUT_HOVER = ("trial %{customdata[0]}%{customdata[4]}<br>CondConv groups %{customdata[1]}"
-                "<br>experts %{customdata[2]}<br>routing %{customdata[3]}")
-HOVER_COLUMNS = ["trial", "condconv", "experts", "routing", "reference"]
+                "<br>experts %{customdata[2]}<br>routing %{customdata[3]}%{customdata[5]}")
+HOVER_COLUMNS = ["trial", "condconv", "experts", "routing", "reference", "retrain"]
 
 
 def empty(message: str) -> go.Figure:
@@ -52,6 +52,7 @@ def _mmadds(rows: pd.DataFrame) -> pd.Series:
 def _hover(rows: pd.DataFrame) -> np.ndarray:
     data = rows[HOVER_COLUMNS].astype(object).to_numpy()
     data[:, 4] = [f" ({r})" if r else "" for r in data[:, 4]]  # the reference's name
+    data[:, 5] = [f"<br>retrain: {c}" if c else "" for c in data[:, 5]]
     return data
 
 

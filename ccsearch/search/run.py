@@ -201,7 +201,7 @@ def finalize(run: SearchRun) -> RunFiles | None:
 
     if run.out is None:
         return None
-    table = trials_table(run.study)
+    table = trials_table(run.study, run.out)
     front = pareto_front(table)
     results = run.out / "results.csv"
     atomic_write(results, table.to_csv(index=False))

@@ -6,7 +6,7 @@ candidates differently (Kendall tau 0.47).  Here every digit is drawn at a rando
 place and slant, in random colours, over a clutter stroke and pixel noise, several times:
 the task needs more than the digits' shapes, and the held-out split holds each held-out
 digit in ``VAL_RENDERS`` scenes (1,800 images), so evaluation noise is smaller.
-MnasNet-A1 reaches ~50% top-1 on it in the smoke proxy's 4 epochs.
+Measured in the smoke proxy's 4 epochs: MnasNet-A1 56.7% / 45.8% with seeds 0 / 1.
 
 The images depend only on ``DATA_SEED``, the resolution and the split of the digits,
 never on a trial's seed: every trial, machine and run sees the same data, which its

@@ -22,6 +22,7 @@ import numpy as np
 
 from ccsearch.data._common import choose_classes, restrict, subset_note
 from ccsearch.data._proxy import ProxyData
+from ccsearch.data.digits import split_digits
 from ccsearch.errors import UserError
 
 TRAIN_RENDERS = 2  # scenes per training digit
@@ -30,7 +31,6 @@ DATA_SEED = 20260101  # the data set is one fixed artefact, whatever the trial's
 CLUTTER_STROKES = 1
 NOISE = 0.04  # std of the pixel noise, in 0..1 units
 SIZE = (0.65, 0.95)  # the digit's size, as a fraction of the canvas
-VAL_FRACTION = 0.2
 
 
 def load_cluttered_digits(
@@ -44,17 +44,12 @@ def load_cluttered_digits(
     """Cluttered digits, generated (no root): a smoke-test proxy, not ImageNet."""
     if root is not None:
         raise UserError(f"the cluttered-digits source is generated and takes no root, got {root}")
-    from sklearn.datasets import load_digits  # local: sklearn import is slow
-    from sklearn.model_selection import train_test_split
-
-    bunch = load_digits()
+    bunch, train_idx, val_idx = split_digits(0)
     digits = (bunch.images / 16.0).astype(np.float32)
     labels = bunch.target.astype(np.int64)
-    train_idx, val_idx = train_test_split(np.arange(len(labels)), test_size=VAL_FRACTION,
-                                          stratify=labels, random_state=0)
     rng = np.random.default_rng(DATA_SEED)
     parts = []
-    for idx, renders in ((np.sort(train_idx), TRAIN_RENDERS), (np.sort(val_idx), VAL_RENDERS)):
+    for idx, renders in ((train_idx, TRAIN_RENDERS), (val_idx, VAL_RENDERS)):
         idx = np.tile(idx, renders)
         parts.append((draw_scenes(digits[idx], resolution, rng), labels[idx]))
     (train_x, train_y), (val_x, val_y) = parts

@@ -31,17 +31,10 @@ def load_digits_proxy(
         raise UserError(
             f"the digits source is bundled with scikit-learn and takes no root, got {root}"
         )
-    from sklearn.datasets import load_digits  # local: sklearn import is slow and only needed here
-    from sklearn.model_selection import train_test_split
-
-    bunch = load_digits()
+    bunch, train_idx, val_idx = split_digits(seed)
     images = np.rint(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
     rgb = np.repeat(images[..., None], 3, axis=3)
     labels = bunch.target.astype(np.int64)
-    train_idx, val_idx = train_test_split(
-        np.arange(len(labels)), test_size=VAL_FRACTION, stratify=labels, random_state=seed
-    )
-    train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
     k = len(bunch.target_names)
     chosen = choose_classes(k, classes, seed, "digits")
     train_x, train_y = restrict(
@@ -61,3 +54,15 @@ def load_digits_proxy(
         source="digits",
         description=desc,
     )
+
+
+def split_digits(seed: int):
+    """scikit-learn's digits and a stratified train/held-out split: (bunch, train, val)."""
+    from sklearn.datasets import load_digits  # local: sklearn import is slow and only needed here
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    train_idx, val_idx = train_test_split(
+        np.arange(len(bunch.target)), test_size=VAL_FRACTION, stratify=bunch.target,
+        random_state=seed)
+    return bunch, np.sort(train_idx), np.sort(val_idx)

@@ -1,74 +1,49 @@
-"""Benchmark: CondConv2d forward+backward against its static conv, its floor and naive MoE.
+"""Benchmark: a CondConv2d layer against its static conv, its floor and the naive mixture.
 
-Run ``python benchmarks/bench_condconv.py`` (``--quick`` for a short run, ``--device``,
-``--experts``, ``--repeats``, ``--filter``).  For every mobile-sized shape it times, side
-by side and interleaved within each repeat (medians over repeats; the order of the
-variants rotates from one repeat to the next), one forward+backward of ``loss =
-out.sum()`` (gradients for the weights and the routing weights; for the input too with
-``--input-grad``) of:
+Run ``python benchmarks/bench_condconv.py`` (forward + backward of mobile-sized layers),
+``--forward`` (forward only, in ``torch.inference_mode``, at batch 1 and 64: what an
+exported model runs), ``--smoke`` (every CondConv layer shape of the smoke proxy, batch
+64; with ``--threads 1`` this is the one-thread check), ``--quick``, ``--filter TEXT``,
+``--device cuda``, ``--experts N``.  Per shape, ``torch.utils.benchmark`` times:
 
-``static``   ``nn.Conv2d`` of the same shape;
-``floor``    the static conv plus the kernel-mixing matmul ``[B, E] @ [E, P]`` (forward and
-             backward): what CondConv cannot avoid, since it writes one kernel per example;
-``conv``     ``CondConv2d(impl="conv")``: mixing + one grouped conv over the batch;
-``bmm``      ``CondConv2d(impl="bmm")``: mixing + one batched matmul (1x1, groups=1 only);
-``experts``  ``CondConv2d(impl="experts")`` where the layer has it: all experts as one
-             conv, outputs mixed (timed on 1x1 layers with tiny output maps only);
+``static``   the static conv of the same shape (``ccsearch.layers.Conv2d``, as models run it);
+``floor``    the static conv plus the kernel-mixing matmul ``[B, E] @ [E, P]``: what a
+             layer that mixes one kernel per example cannot avoid;
+``conv`` / ``bmm`` / ``experts`` / ``taps``  ``CondConv2d(impl=...)`` where timed;
 ``auto``     ``CondConv2d(impl="auto")``: what users get;
-``naive``    mixture of experts: ``E`` separate convolutions weighted by routing, summed.
+``naive``    the mixture of experts: ``E`` separate convolutions, weighted and summed.
 
-The CondConv layers run with ``routing=None`` and a fixed ``[B, E]`` routing tensor that
-requires grad, so the layer itself is timed (not its routing function).  Before timing,
-every shape checks that all CondConv executions and naive agree (outputs to 1e-4,
-gradients to 1e-4 relative), so the benchmark cannot time a wrong computation.
-``d loss / d out`` (all ones) is handed to backward as a dense tensor, as a network's
-batch norm would; ``--expanded-grad`` hands autograd's stride-0 ``expand`` instead (CPU
-``bmm`` falls off BLAS on it).  How to read the output: README.md next to this file.
+Variants are interleaved: ``--rounds`` rounds each give every variant a short
+``blocked_autorange``, and the rounds are merged, so the machine's load hits all alike.
+The layers run with ``routing=None`` and fixed routing weights that require grad (the
+layer is timed, not its routing function); backward gets a dense ``d loss / d out``,
+as from a network's batch norm.  Before timing, every shape checks that all executions
+and naive agree (outputs and gradients to 1e-4), so nothing wrong is ever timed.
+How to read the output: README.md next to this file.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
-import math
+import ctypes
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch.utils import benchmark
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from ccsearch.layers.cond_conv import CondConv2d  # noqa: E402
+from ccsearch.layers import CondConv2d, Conv2d  # noqa: E402
 
-VARIANTS = ("static", "floor", "conv", "bmm", "experts", "auto", "naive")
-IMPLS = ("conv", "bmm", "experts")  # CondConv2d executions (besides "auto")
-SLOW = ("naive", "experts")  # ~E convs each: sampled in the first 3 repeats only
-SLOW_REPEATS = 3
-EXPERTS_MAX_HW = 4  # "experts" (E experts as one conv, outputs mixed): timed on 1x1 <= 4x4 out
-
-
-def _layer_has(impl: str) -> bool:
-    """Whether this checkout's CondConv2d offers ``impl`` (the layer is still evolving)."""
-    try:
-        CondConv2d(1, 1, 1, num_experts=1, routing=None, impl=impl)
-    except ValueError:
-        return False
-    return True
-
-
-def resolved_impl(m: CondConv2d, x: torch.Tensor) -> str:
-    """The execution ``m`` runs for ``x`` (``auto`` may decide per input)."""
-    choose = getattr(m, "_choose_impl", None)
-    return choose(x) if choose is not None else m.impl
+TINY = 4  # output pixels up to which "experts" (1x1) and "taps" (depthwise) are timed
 
 
 @dataclass(frozen=True)
@@ -92,22 +67,25 @@ class Shape:
         return "depthwise" if self.depthwise else ("1x1" if self.k == 1 else f"{self.k}x{self.k}")
 
     @property
-    def bmm_allowed(self) -> bool:
-        return self.k == 1 and self.groups == 1
-
-    @property
     def out_hw(self) -> int:
-        return (self.hw + 2 * (self.k // 2) - self.k) // self.stride + 1
+        return (self.hw - 1) // self.stride + 1
 
-    @property
-    def time_experts(self) -> bool:
-        return self.bmm_allowed and self.out_hw <= EXPERTS_MAX_HW and _layer_has("experts")
+    def impls(self) -> list[str]:
+        tiny = self.out_hw**2 <= TINY
+        pointwise = self.k == 1 and not self.depthwise
+        return (
+            ["conv"]
+            + ["bmm"] * pointwise
+            + ["experts"] * (pointwise and tiny)
+            + ["taps"] * (self.depthwise and tiny)
+        )
 
     def label(self) -> str:
-        if self.depthwise:
-            layer = f"dw{self.k}x{self.k} {self.cin}"
-        else:
-            layer = f"{self.k}x{self.k} {self.cin}->{self.cout}"
+        layer = (
+            f"dw{self.k}x{self.k} {self.cin}"
+            if self.depthwise
+            else f"{self.k}x{self.k} {self.cin}->{self.cout}"
+        )
         return f"{layer} @{self.hw}px s{self.stride} B{self.batch}"
 
 
@@ -119,17 +97,15 @@ def dw(ch: int, k: int, hw: int, batch: int, stride: int = 1) -> Shape:
     return Shape(ch, ch, k, stride, hw, batch, depthwise=True)
 
 
-# Layers of MnasNet-A1 / MobileNetV2 / EfficientNet-B0 at 224px (expansions, projections,
-# depthwise).  Batches are chosen so that the default run stays under ~3 minutes on two
-# CPU cores: the 56px layers at B=32, the 7-14px layers at B=64-128.
+# Layers of MnasNet-A1 / MobileNetV2 / EfficientNet-B0 at 224px, plus two proxy-resolution maps.
 DEFAULT_SHAPES = (
     pw(32, 192, 56, 32),
     pw(96, 576, 14, 64),
     pw(576, 96, 14, 64),
     pw(160, 960, 7, 128),
     pw(320, 1280, 7, 128),
-    pw(160, 960, 4, 64),  # proxy task at low resolution (128px input)
-    pw(320, 1280, 2, 64),  # proxy task at 64px input
+    pw(160, 960, 4, 64),
+    pw(320, 1280, 2, 64),
     dw(96, 3, 56, 32, stride=2),
     dw(144, 3, 56, 32, stride=2),
     dw(240, 5, 28, 32, stride=2),
@@ -144,34 +120,76 @@ QUICK_SHAPES = (
     dw(480, 3, 14, 32),
     dw(960, 3, 7, 32),
 )
+# Inference: the late layers an exported model spends its time in, at batch 1 and 64.
+FORWARD_LAYERS = (
+    pw(96, 576, 14, 1),
+    pw(576, 96, 14, 1),
+    pw(160, 960, 7, 1),
+    pw(960, 160, 7, 1),
+    pw(320, 1280, 7, 1),
+    dw(144, 3, 56, 1, stride=2),
+    dw(240, 5, 28, 1, stride=2),
+    dw(480, 3, 14, 1),
+    dw(672, 5, 14, 1),
+    dw(960, 3, 7, 1),
+    dw(960, 5, 7, 1),
+)
+FORWARD_SHAPES = tuple(replace(s, batch=b) for b in (1, 64) for s in FORWARD_LAYERS)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def smoke_shapes(experts: int) -> tuple[Shape, ...]:
+    """Every CondConv layer shape of MnasNet-A1 with CondConv in all groups, on the smoke proxy."""
+    from ccsearch.arch import build_model, get_backbone
+    from ccsearch.train.proxy import PRESETS
+
+    proxy = PRESETS["smoke"]
+    spec = get_backbone("mnasnet_a1").with_condconv(list(range(1, 8)), experts)
+    with torch.device("meta"):
+        model = build_model(proxy.adapt(spec, 10)).eval()
+    found: dict[Shape, None] = {}
+
+    def hook(m: CondConv2d, args, out) -> None:
+        s = Shape(
+            m.in_channels,
+            m.out_channels,
+            m.kernel_size[0],
+            m.stride[0],
+            args[0].shape[-1],
+            proxy.batch_size,
+            depthwise=m.depthwise,
+        )
+        found[s] = None
+
+    for m in model.modules():
+        if isinstance(m, CondConv2d):
+            m.register_forward_hook(hook)
+    model(torch.empty(proxy.batch_size, 3, proxy.resolution, proxy.resolution, device="meta"))
+    return tuple(found)
 
 
 class Case:
-    """The tensors and the forward+backward steps (one per variant) of one shape."""
+    """The tensors and one step per variant (forward + backward, or forward only) of a shape."""
 
     def __init__(
         self,
         s: Shape,
         experts: int,
         device: torch.device,
-        input_grad: bool = False,
-        expanded_grad: bool = False,
+        forward_only: bool,
+        channels_last: bool = False,
     ):
-        self.shape = s
-        pad = s.k // 2
-        self.x = torch.randn(s.batch, s.cin, s.hw, s.hw, device=device, requires_grad=input_grad)
-        # Fixed routing weights in (0, 1) like the paper's sigmoid routing; a leaf that
-        # requires grad, so backward runs through the mixing into the routing too.
+        self.shape, self.forward_only = s, forward_only
+        self.label = "forward only (inference mode)" if forward_only else "forward + backward"
+        # Training needs d/d(input) too, as every layer but a network's first does.
+        x = torch.randn(s.batch, s.cin, s.hw, s.hw, device=device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        self.x = x.requires_grad_(not forward_only)
         self.r = torch.rand(s.batch, experts, device=device).requires_grad_()
-        extra = [self.x] if input_grad else []
-
-        def make(impl: str) -> CondConv2d:
-            return CondConv2d(
+        pad = s.k // 2
+        self.cc = {}
+        for impl in [*s.impls(), "auto"]:
+            self.cc[impl] = CondConv2d(
                 s.cin,
                 s.cout,
                 s.k,
@@ -183,318 +201,234 @@ class Case:
                 routing=None,
                 impl=impl,
             ).to(device)
-
-        self.cc = {"conv": make("conv")}
-        if s.bmm_allowed:
-            self.cc["bmm"] = make("bmm")
-        if s.time_experts:
-            self.cc["experts"] = make("experts")
-        self.cc["auto"] = make("auto")
-        for m in self.cc.values():  # same experts everywhere, so outputs can be compared
-            m.load_state_dict(self.cc["conv"].state_dict())
-        self.auto_impl = resolved_impl(self.cc["auto"], self.x)
-
-        self.static = nn.Conv2d(s.cin, s.cout, s.k, s.stride, pad, groups=s.groups, bias=False)
-        self.static.to(device)
-        # The floor's mixing: its own [E, P] experts and a dense gradient for the mixed
-        # kernels (what the conv's weight-gradient would hand back).
-        self.floor_experts = nn.Parameter(self.cc["conv"].weight.detach().clone())
-        p = self.floor_experts.shape[1]
-        self.floor_kgrad = torch.randn(s.batch, p, device=device) / math.sqrt(p)
-        self.naive_experts = self.cc["conv"].weight  # naive shares conv's experts
-
-        # d(out.sum())/d(out) is all ones.  Autograd would hand it on as a stride-0
-        # ``expand`` of a scalar; a network hands a dense gradient (from batch norm), and
-        # CPU ``bmm`` with a stride-0 operand falls off BLAS (~25x slower), so by default
-        # the ones are dense; ``--expanded-grad`` gives autograd's literal out.sum().
-        out_shape = (s.batch, s.cout, s.out_hw, s.out_hw)
-        if expanded_grad:
-            self.ones = torch.ones((), device=device).expand(out_shape)
-        else:
-            self.ones = torch.ones(out_shape, device=device)
-        cc_inputs = {name: [m.weight, self.r, *extra] for name, m in self.cc.items()}
+            self.cc[impl].weight = self.cc["conv"].weight  # the same experts everywhere
+        self.auto_impl = self.cc["auto"]._choose_impl(self.x)
+        # The static layer as a plain model runs it (ccsearch's Conv2d drops the kernel taps
+        # that only meet padding on tiny maps).
+        self.static = Conv2d(s.cin, s.cout, s.k, s.stride, pad, groups=s.groups, bias=False).to(
+            device
+        )
+        self.experts = self.cc["conv"].weight
+        out = (s.batch, s.cout, s.out_hw, s.out_hw)
+        self.ones = torch.ones(out, device=device)  # d loss/d out, dense as from batch norm
+        self.kernel_grad = torch.randn(s.batch, self.experts.shape[1], device=device)
         self.steps: dict[str, Callable[[], object]] = {
-            "static": lambda: self.backward(self.static(self.x), [self.static.weight, *extra]),
-            "floor": lambda: self.floor_step(extra),
+            "static": lambda: self.run(lambda: [self.static(self.x)], [self.static.weight]),
+            "floor": lambda: self.run(
+                lambda: [self.static(self.x), self.r @ self.experts],
+                [self.static.weight, self.experts],
+            ),
             **{
-                name: (lambda m=m, inputs=cc_inputs[name]: self.backward(m(self.x, self.r), inputs))
+                name: (lambda m=m: self.run(lambda: [m(self.x, self.r)], [self.experts]))
                 for name, m in self.cc.items()
             },
-            "naive": lambda: self.backward(
-                self.naive(self.x), [self.naive_experts, self.r, *extra]
-            ),
+            "naive": lambda: self.run(lambda: [self.naive(self.x)], [self.experts]),
         }
 
-    def backward(self, out: torch.Tensor, inputs: list[torch.Tensor]) -> object:
-        """Gradients of ``out.sum()`` for ``inputs`` (not accumulated into ``.grad``)."""
-        return torch.autograd.grad(out, inputs, self.ones)
-
-    def floor_step(self, extra: list[torch.Tensor]) -> object:
-        out = self.static(self.x)
-        kernels = self.r @ self.floor_experts  # [B, E] @ [E, P] -> [B, P]
-        return torch.autograd.grad(
-            [out, kernels],
-            [self.static.weight, self.floor_experts, self.r, *extra],
-            [self.ones, self.floor_kgrad],
-        )
+    def run(self, forward: Callable[[], list[torch.Tensor]], weights: list[torch.Tensor]):
+        if self.forward_only:
+            with torch.inference_mode():
+                return forward()
+        outs = forward()
+        grads = [self.ones, self.kernel_grad][: len(outs)]
+        return torch.autograd.grad(outs, [*weights, self.r, self.x], grads, allow_unused=True)
 
     def naive(self, x: torch.Tensor) -> torch.Tensor:
         """Mixture of experts: ``sum_e r[:, e] * conv(x, W_e)``, E separate convolutions."""
-        m, b = self.cc["conv"], x.shape[0]
-        kernels = self.naive_experts.view(m.num_experts, *m.weight_shape)  # [E, out, in/g, k, k]
-        out = None
+        m = self.cc["conv"]
+        kernels = self.experts.view(m.num_experts, *m.weight_shape)
+        out = 0
         for e in range(m.num_experts):
             y = F.conv2d(x, kernels[e], None, m.stride, m.padding, m.dilation, m.groups)
-            y = y * self.r[:, e].view(b, 1, 1, 1)
-            out = y if out is None else out + y
+            out = out + y * self.r[:, e].view(-1, 1, 1, 1)
         return out
 
     def verify(self) -> None:
-        """Outputs of every CondConv execution and naive agree to 1e-4; gradients too."""
-        ref_out, ref_grads = None, None
-        names = [*self.cc, "naive"]
-        for name in names:
-            if name == "naive":
-                out, weight = self.naive(self.x), self.naive_experts
-            else:
-                out, weight = self.cc[name](self.x, self.r), self.cc[name].weight
-            grads = self.backward(out, [weight, self.r])
-            if ref_out is None:
-                ref_out, ref_grads = out.detach(), grads
-                continue
-            err = (out - ref_out).abs().max().item()
-            tol = 1e-4 * max(1.0, ref_out.abs().max().item())
-            assert err <= tol, f"{self.shape.label()}: {name} output differs from conv by {err:.2e}"
-            for g, ref in zip(grads, ref_grads, strict=True):
-                gerr = (g - ref).abs().max().item() / max(1.0, ref.abs().max().item())
-                assert gerr <= 1e-4, (
-                    f"{self.shape.label()}: {name} gradient differs from conv by {gerr:.2e} (rel)"
+        """Every execution and naive agree with ``conv``: outputs and gradients to 1e-4."""
+        results = {}
+        for name in [*self.cc, "naive"]:
+            x = self.x.detach().requires_grad_()
+            out = self.naive(x) if name == "naive" else self.cc[name](x, self.r)
+            results[name] = (
+                out.detach(),
+                torch.autograd.grad(out, [self.experts, self.r, x], self.ones),
+            )
+        ref_out, ref_grads = results["conv"]
+        for name, (out, grads) in results.items():
+            for got, want, what in zip(
+                (out, *grads),
+                (ref_out, *ref_grads),
+                ("output", "d/dW", "d/dr", "d/dx"),
+                strict=True,
+            ):
+                err = (got - want).abs().max().item() / max(1.0, want.abs().max().item())
+                assert err <= 1e-4, (
+                    f"{self.shape.label()}: {name} {what} differs from conv by {err:.1e}"
                 )
 
 
-@contextlib.contextmanager
-def no_tf32() -> Iterator[None]:
-    """Full fp32 on CUDA for the correctness check (TF32 would miss 1e-4)."""
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-
-def time_case(case: Case, repeats: int, device: torch.device) -> dict[str, list[float]]:
-    """Per variant, ``repeats`` samples (s per step), variants interleaved in every repeat."""
+def measure(
+    case: Case, rounds: int, min_run_time: float, timer, threads: int
+) -> dict[str, benchmark.Measurement]:
+    """Per variant, ``rounds`` interleaved ``blocked_autorange`` samples merged into one."""
     names = list(case.steps)
-    for name in ("static", "floor"):  # warm-up; verify() has run the others once
-        case.steps[name]()
-    sync(device)
-    # Steps of a few ms are timed as a loop so that one sample lasts >= 5 ms (GPU).
-    t0 = time.perf_counter()
-    case.steps["static"]()
-    sync(device)
-    inner = max(1, min(100, math.ceil(0.005 / max(time.perf_counter() - t0, 1e-6))))
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
+    samples: dict[str, list[benchmark.Measurement]] = {n: [] for n in names}
+    for rnd in range(rounds):
+        for name in names[rnd % len(names) :] + names[: rnd % len(names)]:
+            t = benchmark.Timer(
+                "step()",
+                globals={"step": case.steps[name]},
+                label=case.label,
+                sub_label=case.shape.label(),
+                description=name,
+                num_threads=threads,
+                timer=timer,
+            )
+            samples[name].append(t.blocked_autorange(min_run_time=min_run_time))
+    return {n: benchmark.Measurement.merge(m)[0] for n, m in samples.items()}
+
+
+def steady_malloc() -> str:
+    """Keep glibc from handing big tensors back to the OS after every step.
+
+    Otherwise each step's multi-MB tensors are fresh ``mmap`` pages, faulted in again
+    on every call, and a layer's time then depends on glibc's adaptive threshold (a 12 MB
+    output: 11 ms or 32 ms for the same layer, one run to the next).
+    """
     try:
-        for rep in range(repeats):
-            order = names[rep % len(names) :] + names[: rep % len(names)]
-            for name in order:
-                if name in SLOW and rep >= SLOW_REPEATS:
-                    continue  # ~10x the others: a few samples pin naive/auto well enough
-                step = case.steps[name]
-                sync(device)
-                t0 = time.perf_counter()
-                for _ in range(inner):
-                    step()
-                sync(device)
-                samples[name].append((time.perf_counter() - t0) / inner)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return samples
-
-
-def fmt_ratio(v: float | None) -> str:
-    return "   n/a" if v is None else f"{v:6.2f}"
-
-
-def ratio(num: float | None, den: float | None) -> float | None:
-    return None if num is None or den is None else num / den
-
-
-def report_case(
-    case: Case, samples: dict[str, list[float]], seconds: float
-) -> tuple[dict[str, float], dict[str, float | None]]:
-    ms = {n: statistics.median(v) * 1e3 for n, v in samples.items()}
-    s = case.shape
-    print(f"\n== {s.label()}  ({s.kind}; auto -> {case.auto_impl}; {seconds:.1f} s incl. check)")
-    print(f"   {'variant':<8} {'median ms':>10} {'min ms':>9} {'spread':>7} {'n':>2}  x static")
-    for name in VARIANTS:
-        if name not in samples:
-            why = {
-                "bmm": "1x1, groups=1 only",
-                "experts": f"timed on 1x1 with output <= {EXPERTS_MAX_HW}x{EXPERTS_MAX_HW}",
-            }
-            print(f"   {name:<8} {'n/a':>10}  ({why.get(name, '')})")
-            continue
-        v = [t * 1e3 for t in samples[name]]
-        q = statistics.quantiles(v, n=4, method="inclusive") if len(v) >= 2 else [v[0], v[0], v[0]]
-        spread = (q[2] - q[0]) / ms[name] * 100
-        print(
-            f"   {name:<8} {ms[name]:10.2f} {min(v):9.2f} {spread:6.0f}% {len(v):2d}"
-            f"  {ms[name] / ms['static']:7.2f}"
-        )
-    ratios = {
-        "auto/static": ratio(ms["auto"], ms["static"]),
-        "auto/floor": ratio(ms["auto"], ms["floor"]),
-        "naive/auto": ratio(ms["naive"], ms["auto"]),
-        "bmm/conv": ratio(ms.get("bmm"), ms["conv"]),
-    }
-    print("   " + "  ".join(f"{k} {fmt_ratio(v).strip()}" for k, v in ratios.items()))
-    twin = case.auto_impl
-    if twin in ms:
-        ratios["noise"] = noise = abs(ms["auto"] / ms[twin] - 1)
-        print(f"   noise: auto and {twin} run the same code and differ by {noise:.0%}")
-    else:
-        ratios["noise"] = None
-    return ms, ratios
-
-
-def median_of(values: list[float | None]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return statistics.median(vals) if vals else None
-
-
-def summary(results: list[tuple[Shape, str, dict[str, float], dict[str, float | None]]]) -> None:
-    keys = ("auto/static", "auto/floor", "naive/auto", "bmm/conv")
-    print("\n== all shapes (median ms; ratios)")
-    head = f"   {'shape':<36} {'static':>8} {'floor':>8} {'auto':>8} {'impl':>7}"
-    print(head + "".join(f" {k:>11}" for k in keys))
-    for s, impl, ms, r in results:
-        row = (
-            f"   {s.label():<36} {ms['static']:8.2f} {ms['floor']:8.2f} {ms['auto']:8.2f} {impl:>7}"
-        )
-        print(row + "".join(f" {fmt_ratio(r[k]):>11}" for k in keys))
-
-    print("\n== medians across shapes")
-    groups = {"all": results}
-    for kind in ("1x1", "depthwise"):
-        groups[kind] = [res for res in results if res[0].kind == kind]
-    print(f"   {'layers':<10} {'n':>3}" + "".join(f" {k:>11}" for k in keys))
-    for gname, rows in groups.items():
-        if not rows:
-            continue
-        meds = [median_of([r[k] for _, _, _, r in rows]) for k in keys]
-        print(f"   {gname:<10} {len(rows):>3}" + "".join(f" {fmt_ratio(m):>11}" for m in meds))
-    overall = median_of([r["auto/static"] for _, _, _, r in results])
-    if overall is not None:
-        verdict = "yes" if overall <= 1.3 else "no"
-        print(f"   median auto/static {overall:.2f} <= 1.3: {verdict}")
-    noise = median_of([r["noise"] for _, _, _, r in results])
-    print(f"   run noise (auto vs the same impl, median over shapes): {noise:.0%}")
-
-    print("\n== fastest CondConv impl per layer kind (and whether auto picked it)")
-    for kind in ("1x1", "depthwise"):
-        rows = [res for res in results if res[0].kind == kind]
-        if not rows:
-            continue
-        wins: dict[str, int] = {}
-        misses = []
-        for shape, impl, ms, _ in rows:
-            timed = {n: ms[n] for n in IMPLS if n in ms}
-            best = min(timed, key=timed.get)
-            wins[best] = wins.get(best, 0) + 1
-            if impl != best and impl in timed:
-                misses.append(
-                    f"{shape.label()}: auto runs {impl}, {timed[impl] / timed[best]:.2f}x {best}"
-                )
-        tally = ", ".join(f"{n} fastest on {c}/{len(rows)}" for n, c in sorted(wins.items()))
-        only = "" if any(res[0].bmm_allowed for res in rows) else " (only conv allowed)"
-        picks = "/".join(sorted({impl for _, impl, _, _ in rows}))
-        hits = len(rows) - len(misses)
-        print(f"   {kind:<10} {tally}{only}; auto ran {picks}, the fastest on {hits}/{len(rows)}")
-        for miss in misses:
-            print(f"      {miss}")
-
-
-def load_avg() -> str:
-    """The 1-minute load average and the core count, where the OS tells them."""
-    try:
-        return f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
-    except (AttributeError, OSError):
-        return "unknown"
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return "default (not glibc)"
+    m_trim_threshold, m_mmap_max = -1, -4
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, 2**31 - 1)
+    return "glibc without mmap or trim (mallopt)"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="5 smaller shapes, 3 repeats (< 40 s)")
-    default_device = "cuda" if torch.cuda.is_available() else "cpu"
-    ap.add_argument(
-        "--device", choices=("cpu", "cuda"), default=default_device, help="default: %(default)s"
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--quick", action="store_true", help="5 smaller shapes")
+    which.add_argument(
+        "--forward", action="store_true", help="forward only, inference mode, batch 1 and 64"
     )
-    ap.add_argument("--experts", type=int, default=8, help="experts per layer (default 8)")
-    ap.add_argument(
-        "--repeats", type=int, default=None, help="samples per variant (default 5, quick 3)"
+    which.add_argument(
+        "--smoke", action="store_true", help="every CondConv shape of the smoke proxy"
     )
-    ap.add_argument("--input-grad", action="store_true", help="also back-propagate to the input")
     ap.add_argument(
-        "--expanded-grad",
+        "--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu"
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help="CPU threads (default: torch's)",
+    )
+    ap.add_argument("--experts", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    ap.add_argument(
+        "--min-run-time", type=float, default=0.05, help="seconds per variant per round"
+    )
+    ap.add_argument(
+        "--cpu-time",
         action="store_true",
-        help="hand backward autograd's stride-0 ones of out.sum() instead of dense ones",
+        help="time the thread's CPU time, not wall time (--threads 1 on a shared machine)",
+    )
+    ap.add_argument(
+        "--channels-last", action="store_true", help="input (and static conv) channels-last"
+    )
+    ap.add_argument(
+        "--default-malloc", action="store_true", help="leave glibc's mmap threshold alone"
     )
     ap.add_argument("--filter", default="", help="only shapes whose label contains this text")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: CUDA is not available")
-    if args.experts < 1:
-        ap.error("--experts must be >= 1")
-    repeats = args.repeats or (3 if args.quick else 5)
-    if repeats < 1:
-        ap.error("--repeats must be >= 1")
+    if args.cpu_time and (args.threads != 1 or args.device != "cpu"):
+        ap.error("--cpu-time needs --threads 1 on the CPU")
+    torch.set_num_threads(args.threads)
+    malloc = "default" if args.default_malloc else steady_malloc()
+    torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    shapes = [
-        s for s in (QUICK_SHAPES if args.quick else DEFAULT_SHAPES) if args.filter in s.label()
-    ]
+    shapes = (
+        smoke_shapes(args.experts)
+        if args.smoke
+        else FORWARD_SHAPES
+        if args.forward
+        else QUICK_SHAPES
+        if args.quick
+        else DEFAULT_SHAPES
+    )
+    shapes = [s for s in shapes if args.filter in s.label()]
     if not shapes:
         ap.error(f"--filter {args.filter!r} matches no shape")
-    torch.manual_seed(args.seed)
-
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-    print("CondConv2d benchmark: forward+backward, loss = out.sum()")
-    print(f"device  {device.type} ({dev_name or platform.machine()})")
-    print(f"torch   {torch.__version__}  python {platform.python_version()}")
-    print(
-        f"threads torch.get_num_threads()={torch.get_num_threads()} "
-        f"interop={torch.get_num_interop_threads()} os.cpu_count()={os.cpu_count()}"
+    mode = "forward only (inference mode)" if args.forward else "forward + backward"
+    target = 1.3 if args.forward else 1.5 if args.smoke else None
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine()
     )
-    env = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
-    env_set = [f"{k}={os.environ[k]}" for k in (*env, "LD_PRELOAD") if k in os.environ]
-    print(f"env     {' '.join(env_set) or 'none of ' + ', '.join(env) + ' set'}")
-    grads = "weights + routing" + (" + input" if args.input_grad else "")
-    grads += ", d/d(out) = " + ("stride-0 expand" if args.expanded_grad else "dense ones")
-    print(f"experts {args.experts}  repeats {repeats} (interleaved, median)  grads: {grads}")
-    print(f"shapes  {len(shapes)}{' (quick)' if args.quick else ''}")
-    print(f"load    {load_avg()} at start (other processes make OpenMP threads wait)")
+    print(
+        f"CondConv2d, {mode}: {len(shapes)} shapes, {args.experts} experts, {args.rounds} interleaved rounds"
+    )
+    print(
+        f"device {device.type} ({name}), torch {torch.__version__}, {args.threads} threads, "
+        f"{os.cpu_count()} cores, timer {'thread CPU time' if args.cpu_time else 'wall'}, "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
+    print(f"malloc {malloc}; input {'channels-last' if args.channels_last else 'NCHW'}")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = (
+            False  # to check 1e-4
+        )
 
     start = time.perf_counter()
-    results = []
+    rows, everything = [], []
     for s in shapes:
-        t_shape = time.perf_counter()
-        case = Case(s, args.experts, device, args.input_grad, args.expanded_grad)
-        with no_tf32():
-            case.verify()
-        samples = time_case(case, repeats, device)
-        ms, ratios = report_case(case, samples, time.perf_counter() - t_shape)
-        results.append((s, case.auto_impl, ms, ratios))
-        del case
-        gc.collect()
-    summary(results)
-    print(f"\ncorrectness: every CondConv impl and naive agree to 1e-4 on all {len(shapes)} shapes")
-    print(f"total {time.perf_counter() - start:.0f} s; load {load_avg()} at the end")
+        case = Case(s, args.experts, device, args.forward, args.channels_last)
+        case.verify()
+        ms = measure(
+            case,
+            args.rounds,
+            args.min_run_time,
+            time.thread_time if args.cpu_time else time.perf_counter,
+            args.threads,
+        )
+        everything += ms.values()
+        med = {n: m.median * 1e3 for n, m in ms.items()}
+        rows.append((s, case.auto_impl, med))
+    benchmark.Compare(everything).print()
+
+    print(f"== ratios (medians){'' if target is None else f'; target auto/floor <= {target}'}")
+    print(
+        f"   {'shape':<34} {'auto runs':>9} {'auto/floor':>10} {'auto/static':>11} {'naive/auto':>10}  fastest"
+    )
+    ratios = []
+    for s, impl, med in rows:
+        timed = {n: med[n] for n in s.impls()}
+        fastest = min(timed, key=timed.get)
+        ratio = med["auto"] / med["floor"]
+        ratios.append(ratio)
+        flag = "" if target is None or ratio <= target else "  over"
+        print(
+            f"   {s.label():<34} {impl:>9} {ratio:>10.2f} {med['auto'] / med['static']:>11.2f} "
+            f"{med['naive'] / med['auto']:>10.1f}  {fastest}{'' if fastest == impl else ' (auto: ' + impl + ')'}{flag}"
+        )
+    worst = max(ratios)
+    print(
+        f"   auto/floor: median {statistics.median(ratios):.2f}, max {worst:.2f}"
+        + (
+            ""
+            if target is None
+            else f" (every shape <= {target}: {'yes' if worst <= target else 'no'})"
+        )
+    )
+    print(
+        f"correctness: every execution and naive agree to 1e-4 on all {len(shapes)} shapes; "
+        f"{time.perf_counter() - start:.0f} s, load {os.getloadavg()[0]:.1f} at the end"
+    )
     return 0
 
 

@@ -50,7 +50,9 @@ def ms(seconds: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--space", action="append", help="search space (default: every shipped one)")
+    parser.add_argument(
+        "--space", action="append", help="search space (default: every shipped one)"
+    )
     parser.add_argument("--candidates", type=int, default=200)
     parser.add_argument("--whole", type=int, default=5, help="whole-model traces per space")
     parser.add_argument("--seed", type=int, default=0)
@@ -91,8 +93,10 @@ def main() -> None:
             f"{ms(warm):>8.2f} {ms(whole):>9.0f} {ms(whole) / ms(warm):>9.0f}x"
         )
     verdict = "yes" if ms(warm_all) < 20 else "no"
-    print(f"\nafter warm-up: median {ms(warm_all):.2f} ms per candidate (< 20 ms: {verdict}), "
-          f"max {max(warm_all) * 1e3:.2f} ms; a whole-model trace: median {ms(whole_all):.0f} ms")
+    print(
+        f"\nafter warm-up: median {ms(warm_all):.2f} ms per candidate (< 20 ms: {verdict}), "
+        f"max {max(warm_all) * 1e3:.2f} ms; a whole-model trace: median {ms(whole_all):.0f} ms"
+    )
     print("cached counts equal the whole-model counts on every checked candidate")
 
 

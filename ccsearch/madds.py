@@ -9,6 +9,11 @@ fvcore's default table, which also counts batch norm and adaptive pooling (~+4%)
 fvcore skips ops it has no handle for and counts them as zero.  In the paper
 convention every op a model runs must be either counted or listed in
 ``NOT_COUNTED`` on purpose; anything else raises, so nothing is silently missed.
+
+A spec is counted part by part (stem, each block group, head), and each part's fvcore
+count is kept for the process: a search meets the same groups again and again, so a
+candidate costs a fraction of a millisecond once its parts are known (see
+``madds_parts``).  ``tests/test_madds.py`` checks the sums against whole-model traces.
 """
 
 from __future__ import annotations
@@ -42,8 +47,27 @@ from ccsearch.layers import ROUTING_ACTIVATIONS, CondConv2d, Routing
 
 CONVENTIONS = ("paper", "fvcore")
 
+
+def _einsum_madds(inputs: list[Any], outputs: list[Any]) -> int:
+    """Exact MADDs of a two-operand einsum: the product of every index's size.
+
+    fvcore's own handle reads numpy's printed FLOP count, which is rounded to 4 digits
+    (CondConv's experts-first execution, 32 experts: off by 3,060 in 340M).
+    """
+    equation = inputs[0].toIValue().replace(" ", "")
+    shapes = [get_shape(v) for v in inputs[1].node().inputs()]
+    operands = equation.split("->")[0].split(",")
+    if len(operands) != 2 or "." in equation:
+        return einsum_flop_jit(inputs, outputs)
+    sizes = {}
+    for letters, shape in zip(operands, shapes, strict=True):
+        sizes.update(zip(letters, shape, strict=True))
+    return math.prod(sizes.values())
+
+
 # What the paper counts: every conv (CondConv's grouped conv or bmm included), every
-# linear layer (the routing FC included) and every matmul (CondConv's kernel mixing).
+# linear layer (the routing FC included), every matmul (CondConv's kernel mixing) and
+# einsum (the output mixing of CondConv's experts-first execution).
 PAPER_HANDLES = {
     "aten::_convolution": conv_flop_jit,
     "aten::linear": linear_flop_jit,
@@ -51,7 +75,7 @@ PAPER_HANDLES = {
     "aten::matmul": matmul_flop_jit,
     "aten::mm": matmul_flop_jit,
     "aten::bmm": bmm_flop_jit,
-    "aten::einsum": lambda inputs, outputs: _einsum_madds(inputs, outputs),
+    "aten::einsum": _einsum_madds,
 }
 
 # Ops the paper convention leaves out on purpose: normalisation (folded at inference),
@@ -381,23 +405,6 @@ def _report_from_parts(spec: ArchSpec, resolution: int, convention: str) -> Madd
         ],
         skipped_ops=skipped,
     )
-
-
-def _einsum_madds(inputs: list[Any], outputs: list[Any]) -> int:
-    """Exact MADDs of a two-operand einsum: the product of every index's size.
-
-    fvcore's own handle reads numpy's printed FLOP count, which is rounded to 4 digits
-    (CondConv's experts-first execution, 32 experts: off by 3,060 in 340M).
-    """
-    equation = inputs[0].toIValue().replace(" ", "")
-    shapes = [get_shape(v) for v in inputs[1].node().inputs()]
-    operands = equation.split("->")[0].split(",")
-    if len(operands) != 2 or "." in equation:
-        return einsum_flop_jit(inputs, outputs)
-    sizes = {}
-    for letters, shape in zip(operands, shapes, strict=True):
-        sizes.update(zip(letters, shape, strict=True))
-    return math.prod(sizes.values())
 
 
 def _analysis(model: nn.Module, image: torch.Tensor, convention: str) -> FlopCountAnalysis:

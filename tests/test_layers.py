@@ -21,7 +21,11 @@ SHAPES = [
     (16, 24, 1, 1, 0, 1, 1, True, "experts"),  # experts first, outputs mixed
     (12, 12, 5, 2, 2, 1, 12, True, "experts"),  # depthwise, experts first
     (8, 16, 3, 1, 2, 2, 2, False, "experts"),  # dilated, grouped, experts first
+    (12, 12, 3, 1, 1, 1, 12, True, "taps"),  # depthwise as per-tap scalings
+    (12, 12, 5, 2, 2, 1, 12, False, "taps"),  # ... stride 2
+    (12, 12, 3, 1, 2, 2, 12, True, "taps"),  # ... dilated
     (16, 24, 1, 1, 0, 1, 1, True, "auto"),
+    (12, 12, 3, 1, 1, 1, 12, True, "auto"),
 ]
 
 
@@ -151,6 +155,80 @@ def test_shared_routing_weights_are_used_when_given():
         layer(x)
 
 
+# (in, out, kernel, stride, padding, dilation, groups, bias) for the gradient agreement
+GRAD_SHAPES = [
+    (8, 16, 3, 1, 1, 1, 1, True),  # full 3x3
+    (8, 16, 3, 2, 1, 1, 2, False),  # grouped, stride 2
+    (12, 12, 3, 1, 1, 1, 12, True),  # depthwise
+    (12, 12, 5, 2, 2, 1, 12, False),  # depthwise, stride 2
+    (12, 12, 3, 1, 2, 2, 12, True),  # depthwise, dilated
+    (16, 24, 1, 1, 0, 1, 1, True),  # pointwise
+    (16, 24, 1, 2, 0, 1, 1, False),  # pointwise, stride 2
+]
+
+
+def _impls(layer: CondConv2d) -> list[str]:
+    """Every execution this layer offers."""
+    return ["conv", "experts", "auto"] + ["bmm"] * layer.pointwise + ["taps"] * layer.depthwise
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 9])
+@pytest.mark.parametrize(
+    "shape", GRAD_SHAPES, ids=lambda s: f"{s[0]}-{s[1]}-k{s[2]}-s{s[3]}-d{s[5]}-g{s[6]}"
+)
+def test_gradients_of_every_impl_match_the_per_example_loop(shape, size):
+    """d/d(input, routing weights, experts, bias) of every execution, on tiny and larger maps."""
+    cin, cout, k, s, p, d, g, bias = shape
+    torch.manual_seed(0)
+    layer = CondConv2d(cin, cout, k, s, p, d, g, bias, num_experts=4, routing=None)
+    x = torch.randn(3, cin, size, size, requires_grad=True)
+    r = torch.rand(3, 4, requires_grad=True)
+    inputs = [x, r, layer.weight] + ([layer.bias] if bias else [])
+    reference = _per_example_reference(layer, x, r)
+    upstream = torch.randn_like(reference)
+    expected = torch.autograd.grad(reference, inputs, upstream)
+    for impl in _impls(layer):
+        layer.impl = impl
+        out = layer(x, r)
+        torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5, msg=impl)
+        grads = torch.autograd.grad(out, inputs, upstream)
+        names = ["input", "routing", "weight", "bias"]
+        for name, got, want in zip(names, grads, expected, strict=False):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=f"{impl}: d/d {name}")
+
+
+@pytest.mark.parametrize("size", [1, 7])
+@pytest.mark.parametrize(
+    "shape", GRAD_SHAPES, ids=lambda s: f"{s[0]}-{s[1]}-k{s[2]}-s{s[3]}-d{s[5]}-g{s[6]}"
+)
+def test_inference_mode_matches_the_per_example_loop(shape, size):
+    """Without autograd, bmm mixes kernels a few examples at a time: a batch of 21 covers a
+    ragged last chunk."""
+    cin, cout, k, s, p, d, g, bias = shape
+    torch.manual_seed(0)
+    layer = CondConv2d(cin, cout, k, s, p, d, g, bias, num_experts=4, routing=None)
+    x, r = torch.randn(21, cin, size, size), torch.rand(21, 4)
+    with torch.no_grad():
+        reference = _per_example_reference(layer, x, r)
+    for impl in _impls(layer):
+        layer.impl = impl
+        with torch.inference_mode():
+            out = layer(x, r)
+        torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5, msg=impl)
+
+
+def test_taps_on_channels_last_input_and_with_padding_modes():
+    torch.manual_seed(0)
+    for mode in CondConv2d.PADDING_MODES:
+        layer = CondConv2d(6, 6, 3, 2, padding=1, groups=6, padding_mode=mode, num_experts=3)
+        x = torch.randn(4, 6, 2, 2).contiguous(memory_format=torch.channels_last)
+        layer.impl = "conv"
+        expected = layer(x)
+        layer.impl = "auto"
+        assert layer._choose_impl(x) == "taps"
+        torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_gradients_reach_every_expert_and_the_routing():
     layer = CondConv2d(6, 8, 3, padding=1, num_experts=4, routing="sigmoid")
     x = torch.randn(3, 6, 9, 9)
@@ -174,16 +252,26 @@ def test_experts_initialised_like_a_standalone_conv():
     assert not torch.allclose(experts[0], experts[1])
 
 
-def test_auto_runs_experts_first_only_on_tiny_maps_in_eager_mode():
+def test_auto_runs_experts_first_and_taps_only_on_tiny_maps_in_eager_mode():
     layer = CondConv2d(16, 24, 1, num_experts=4)
-    assert layer._choose_impl(torch.randn(2, 16, 2, 2)) == "experts"
+    assert layer._choose_impl(torch.randn(2, 16, 1, 1)) == "experts"
+    assert layer._choose_impl(torch.randn(2, 16, 2, 2)) == "bmm"  # 16 inputs < 1.5 x 4 x 4
+    assert CondConv2d(32, 24, 1, num_experts=4)._choose_impl(torch.randn(2, 32, 2, 2)) == "experts"
     assert layer._choose_impl(torch.randn(2, 16, 7, 7)) == "bmm"
     depthwise = CondConv2d(16, 16, 3, padding=1, groups=16, num_experts=4)
-    assert depthwise._choose_impl(torch.randn(2, 16, 1, 1)) == "conv"
+    assert depthwise._choose_impl(torch.randn(2, 16, 1, 1)) == "taps"
+    assert depthwise._choose_impl(torch.randn(2, 16, 2, 2)) == "conv"  # 2x2 out: conv is fine
+    strided = CondConv2d(16, 16, 5, 2, 2, groups=16, num_experts=4)
+    assert strided._choose_impl(torch.randn(2, 16, 2, 2)) == "taps"  # 1x1 out
+    full = CondConv2d(16, 16, 3, padding=1, num_experts=4)
+    assert full._choose_impl(torch.randn(2, 16, 1, 1)) == "conv"
     tiny = torch.randn(3, 16, 1, 1)
     traced = torch.jit.trace(layer.eval(), tiny)  # the canonical mixed-kernel form
     assert "aten::bmm" in str(traced.inlined_graph)
     torch.testing.assert_close(traced(tiny), layer(tiny), atol=1e-5, rtol=1e-5)
+    traced = torch.jit.trace(depthwise.eval(), tiny)
+    assert "aten::_convolution" in str(traced.inlined_graph)
+    torch.testing.assert_close(traced(tiny), depthwise(tiny), atol=1e-5, rtol=1e-5)
 
 
 def test_jit_trace_matches_eager():
@@ -211,6 +299,8 @@ def test_bad_arguments_are_rejected():
         CondConv2d(6, 8, 3, num_experts=0)
     with pytest.raises(ValueError, match="bmm"):
         CondConv2d(6, 8, 3, impl="bmm")
+    with pytest.raises(ValueError, match="taps"):
+        CondConv2d(6, 8, 3, groups=2, impl="taps")
     with pytest.raises(ValueError, match="impl must be"):
         CondConv2d(6, 8, 3, impl="fast")
     with pytest.raises(ValueError, match="routing activation"):

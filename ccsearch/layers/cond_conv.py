@@ -18,8 +18,11 @@ On tiny feature maps (the late layers of a low-resolution proxy, 1x1 or 2x2) mix
 kernel per example costs as much as running every expert, and the per-example
 kernels are memory-bound; there, in eager mode, pointwise layers run the E experts
 as one dense convolution and mix the outputs instead (the same result, by
-linearity, several times faster on a CPU).  Traced and exported graphs (fvcore's
-MADD count, ``torch.export``) always use the canonical mixed-kernel form.
+linearity, several times faster on a CPU), and depthwise layers run as a few
+per-channel scalings, one per kernel tap that meets the image (on one thread ATen
+would run their folded convolution as a loop over all ``B * C`` groups).  Kernel taps
+that can only meet zero padding are dropped before mixing.  Traced and exported graphs
+(fvcore's MADD count, ``torch.export``) always use the canonical mixed-kernel form.
 """
 
 from __future__ import annotations
@@ -73,12 +76,35 @@ def tiny_map_crop(
     depthwise convolutions, which is where low-resolution proxies spend their time.
     Returns ``None`` when nothing can be cropped (always the case at 224px).
     """
-    if dilation != (1, 1) or torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if dilation != (1, 1) or canonical_form():
         return None
     crop = tuple(
         max(0, p - (n - 1)) if k == 2 * p + 1 else 0 for k, p, n in zip(kernel, padding, size, strict=True)
     )
     return crop if any(crop) else None  # type: ignore[return-value]
+
+
+def canonical_form() -> bool:
+    """Whether a graph is being recorded (fvcore's trace, ``torch.export``, ``torch.compile``):
+    then every layer runs its canonical form, whatever is fastest in eager mode."""
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # torch >= 2.4
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or exporting()
+
+
+def _tap_reach(start: int, stride: int, outputs: int, size: int) -> tuple[bool, bool]:
+    """For a kernel tap reading input ``start + stride * i`` for output ``i``: whether it ever
+    meets the image, and whether it always does (then it needs no padding)."""
+    last = start + stride * (outputs - 1)
+    first_inside = start if start >= 0 else start % stride  # the first index >= 0
+    return first_inside <= min(last, size - 1), start >= 0 and last <= size - 1
+
+
+def _pixels_as_rows(x: torch.Tensor) -> torch.Tensor:
+    """``[B, C, H, W]`` as ``[B, H*W, C]``: a view for NCHW and for channels-last input."""
+    b, c, h, w = x.shape
+    if x.is_contiguous():
+        return x.reshape(b, c, h * w).transpose(1, 2)
+    return x.permute(0, 2, 3, 1).reshape(b, h * w, c)
 
 
 def conv2d_tiny_aware(
@@ -175,13 +201,25 @@ class CondConv2d(nn.Module):
 
     ``impl`` picks the execution: ``"conv"`` (grouped convolution over the batch),
     ``"bmm"`` (batched matmul, pointwise ungrouped kernels only), ``"experts"`` (every
-    expert's output, then mixed) or ``"auto"`` (pointwise: ``experts`` on maps of at
-    most ``EXPERTS_FIRST_MAX_PIXELS`` output pixels in eager mode, else ``bmm``; other
-    kernels: ``conv``).  All give the same result.
+    expert's output, then mixed), ``"taps"`` (depthwise only: one per-channel scaling per
+    kernel tap) or ``"auto"``: in eager mode, pointwise layers run ``experts`` on output
+    maps of at most ``EXPERTS_FIRST_MAX_PIXELS`` pixels when they have many input channels
+    (see ``_choose_impl``), else ``bmm``; depthwise layers run ``taps`` on output maps of
+    at most ``TAPS_MAX_PIXELS`` pixels; the rest ``conv``.  Traced and exported graphs get
+    ``bmm`` (pointwise) or ``conv``.  Without autograd (inference), ``bmm`` and ``conv`` on
+    small maps mix and apply kernels ``INFERENCE_CHUNK`` examples at a time, while they are
+    in cache.  All give the same result.
     """
 
-    EXPERTS_FIRST_MAX_PIXELS = 4  # measured crossover on CPU (benchmarks/bench_condconv.py)
+    # Measured crossovers on CPU (benchmarks/bench_condconv.py).
+    EXPERTS_FIRST_MAX_PIXELS = 4
+    EXPERTS_FIRST_IN_PER_OUTPUT = 1.5  # ... and in_channels > this x experts x output pixels
+    TAPS_MAX_PIXELS = 1
+    BMM_PIXELS_AS_ROWS = 4  # eager bmm puts pixels on the rows of its product up to here
+    INFERENCE_CHUNK = 8  # without autograd, mix and apply kernels 8 examples at a time
+    INFERENCE_CHUNK_MAX_MAP = 65536  # ... in a grouped conv, if an example's input is this small
     PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+    IMPLS = ("auto", "conv", "bmm", "experts", "taps")
 
     def __init__(
         self,
@@ -210,8 +248,10 @@ class CondConv2d(nn.Module):
             )
         if num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {num_experts}")
-        if impl not in ("auto", "conv", "bmm", "experts"):
-            raise ValueError(f"impl must be 'auto', 'conv', 'bmm' or 'experts', got {impl!r}")
+        if impl not in self.IMPLS:
+            raise ValueError(
+                f"impl must be 'auto', 'conv', 'bmm', 'experts' or 'taps', got {impl!r}"
+            )
         self.in_channels = in_channels
         self.out_channels = out_channels
         if padding_mode not in self.PADDING_MODES:
@@ -226,8 +266,11 @@ class CondConv2d(nn.Module):
         self.groups = groups
         self.num_experts = num_experts
         self.pointwise = self.kernel_size == (1, 1) and self.padding == (0, 0) and groups == 1
+        self.depthwise = groups == in_channels == out_channels
         if impl == "bmm" and not self.pointwise:
             raise ValueError("impl='bmm' needs a 1x1 kernel, no padding and groups=1")
+        if impl == "taps" and not self.depthwise:
+            raise ValueError("impl='taps' needs a depthwise layer (groups = in = out channels)")
         self.impl = impl
 
         self.weight_shape = (out_channels, in_channels // groups, *self.kernel_size)
@@ -261,26 +304,55 @@ class CondConv2d(nn.Module):
         if self.padding_mode != "zeros" and padding != (0, 0):
             ph, pw = padding
             x, padding = F.pad(x, (pw, pw, ph, ph), mode=self.padding_mode), (0, 0)
-        impl = self._choose_impl(x)
+        impl = self._choose_impl(x, padding)
         if impl == "experts":
             return self._forward_experts_first(x, routing_weights, padding)
+        if impl == "taps":
+            return self._forward_taps(x, routing_weights, padding)
         b, c, h, w = x.shape
-        kernels = routing_weights @ self.weight  # [B, E] @ [E, P] -> [B, P]: one kernel per example
         bias = routing_weights @ self.bias if self.bias is not None else None  # [B, out]
         if impl == "bmm":
             if self.stride != (1, 1):
                 x = x[:, :, :: self.stride[0], :: self.stride[1]]
                 h, w = x.shape[2], x.shape[3]
-            kernels = kernels.view(b, self.out_channels, c)  # [B, out, in]
-            out = torch.bmm(kernels, x.reshape(b, c, h * w))  # [B, out, H*W]
-            out = out.view(b, self.out_channels, h, w)
+            out = self._forward_bmm(x, routing_weights)
             return out if bias is None else out + bias.view(b, self.out_channels, 1, 1)
-        kernels = kernels.view(
-            b * self.out_channels, *self.weight_shape[1:]
-        )  # [B*out, in/g, kh, kw]
-        out = conv2d_tiny_aware(
-            x.reshape(1, b * c, h, w),  # the batch folded into channels
-            kernels,
+        # Drop the taps that can only meet padding before mixing, not after: less to mix.
+        experts, padding = self._cropped_experts(padding, (h, w))  # [E, out, in/g, kh', kw']
+        shape = experts.shape[1:]  # the kernel each example gets
+        experts = experts.reshape(self.num_experts, -1)  # [E, P']
+        n = self.INFERENCE_CHUNK
+        small_maps = c * h * w <= self.INFERENCE_CHUNK_MAX_MAP
+        if canonical_form() or torch.is_grad_enabled() or b <= n or not small_maps:
+            return self._folded_conv(x, routing_weights @ experts, shape, bias, padding)
+        # Inference on small maps: a few examples at a time, whose maps stay in cache (a
+        # depthwise 5x5 layer, 960 channels, 7 px, batch 64: 2.0 ms in 8 calls, 5.1 in one).
+        chunks = [
+            self._folded_conv(
+                x[i : i + n],
+                routing_weights[i : i + n] @ experts,
+                shape,
+                bias[i : i + n] if bias is not None else None,
+                padding,
+            )
+            for i in range(0, b, n)
+        ]
+        return torch.cat(chunks)
+
+    def _folded_conv(
+        self,
+        x: torch.Tensor,
+        kernels: torch.Tensor,
+        shape: torch.Size,
+        bias: torch.Tensor | None,
+        padding: tuple[int, int],
+    ) -> torch.Tensor:
+        """One grouped convolution over the batch folded into channels (``groups = B * g``):
+        ``kernels`` is ``[B, P]``, one kernel of ``shape`` (``[out, in/g, kh, kw]``) each."""
+        b, c, h, w = x.shape
+        out = F.conv2d(
+            x.reshape(1, b * c, h, w),
+            kernels.view(b * shape[0], *shape[1:]),  # [B*out, in/g, kh, kw]
             bias.reshape(-1) if bias is not None else None,
             self.stride,
             padding,
@@ -289,19 +361,106 @@ class CondConv2d(nn.Module):
         )  # [1, B*out, H', W']
         return out.view(b, self.out_channels, out.shape[-2], out.shape[-1])
 
-    def _choose_impl(self, x: torch.Tensor) -> str:
+    def _forward_bmm(self, x: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
+        """Pointwise: mix a kernel per example, then one batched matmul over examples."""
+        b, c, h, w = x.shape
+        o, n = self.out_channels, self.INFERENCE_CHUNK
+        if not canonical_form() and h * w <= self.BMM_PIXELS_AS_ROWS:
+            # Few pixels: put them on the rows (BLAS is slow on 4-column products).
+            kernels = (routing_weights @ self.weight).view(b, o, c)  # [B, out, in]
+            out = torch.bmm(_pixels_as_rows(x), kernels.transpose(1, 2))  # [B, H*W, out]
+            return out.view(b, h, w, o).permute(0, 3, 1, 2)  # NCHW shape, channels-last memory
+        columns = x.reshape(b, c, h * w)
+        if canonical_form() or torch.is_grad_enabled() or b <= n:
+            kernels = (routing_weights @ self.weight).view(b, o, c)  # [B, E] @ [E, P]: [B, P]
+            return torch.bmm(kernels, columns).view(b, o, h, w)  # [B, out, H*W]
+        # Inference: mix and apply a few examples' kernels at a time, while still in cache.
+        out = columns.new_empty(b, o, h * w)
+        for i in range(0, b, n):
+            kernels = (routing_weights[i : i + n] @ self.weight).view(-1, o, c)
+            torch.bmm(kernels, columns[i : i + n], out=out[i : i + n])
+        return out.view(b, o, h, w)
+
+    def _choose_impl(self, x: torch.Tensor, padding: tuple[int, int] | None = None) -> str:
         if self.impl != "auto":
             return self.impl
-        if not self.pointwise:
-            return "conv"
-        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
-        pixels = -(-x.shape[2] // self.stride[0]) * -(-x.shape[3] // self.stride[1])
-        return "experts" if not tracing and pixels <= self.EXPERTS_FIRST_MAX_PIXELS else "bmm"
+        if canonical_form():
+            return "bmm" if self.pointwise else "conv"
+        ho, wo = self._output_size(x.shape[-2:], self.padding if padding is None else padding)
+        if self.pointwise:
+            # Experts first writes E outputs per pixel; mixing, an in x out kernel per example.
+            tiny = ho * wo <= self.EXPERTS_FIRST_MAX_PIXELS
+            outputs = self.num_experts * ho * wo
+            many_inputs = self.in_channels > self.EXPERTS_FIRST_IN_PER_OUTPUT * outputs
+            return "experts" if tiny and many_inputs else "bmm"
+        if self.depthwise and ho * wo <= self.TAPS_MAX_PIXELS:
+            return "taps"
+        return "conv"
+
+    def _output_size(self, size, padding: tuple[int, int]) -> tuple[int, int]:
+        dims = zip(size, padding, self.dilation, self.kernel_size, self.stride, strict=True)
+        return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in dims)  # type: ignore[return-value]
+
+    def _cropped_experts(
+        self, padding: tuple[int, int], size: tuple[int, int]
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The experts without the taps that only meet padding on this map, and what padding
+        is left."""
+        experts = self.expert_kernels()  # [E, out, in/g, kh, kw]
+        crop = tiny_map_crop(self.kernel_size, padding, self.dilation, size)
+        if crop is None:
+            return experts, padding
+        (ch, cw), (kh, kw) = crop, self.kernel_size
+        return experts[..., ch : kh - ch, cw : kw - cw], (padding[0] - ch, padding[1] - cw)
+
+    def _forward_taps(
+        self, x: torch.Tensor, routing_weights: torch.Tensor, padding: tuple[int, int]
+    ) -> torch.Tensor:
+        """Depthwise as a sum of per-channel scalings, one per kernel tap that meets the image.
+
+        Elementwise ops only, so the cost does not hang on which convolution backend ATen
+        picks (on one thread it runs a folded depthwise conv with a 1x1 kernel and batch 1
+        as a loop over all ``B * C`` groups).  Only the taps used are mixed.
+        """
+        b, c, h, w = x.shape
+        e = self.num_experts
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        ho, wo = self._output_size((h, w), padding)
+        reach_h = [_tap_reach(u * dh - padding[0], sh, ho, h) for u in range(kh)]
+        reach_w = [_tap_reach(v * dw - padding[1], sw, wo, w) for v in range(kw)]
+        rows = [u for u, (meets, _) in enumerate(reach_h) if meets]
+        cols = [v for v, (meets, _) in enumerate(reach_w) if meets]
+        if not rows or not cols:  # every tap meets only padding
+            out = x.new_zeros(b, c, ho, wo) + 0 * routing_weights.sum()
+        else:
+            r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+            experts = self.weight.view(e, c, kh, kw)[:, :, r0:r1, c0:c1]  # [E, C, R, S]
+            kernels = routing_weights @ experts.reshape(e, -1)  # [B, E] @ [E, C*R*S]
+            kernels = kernels.view(b, c, r1 - r0, c1 - c0, 1, 1)
+            padded = None
+            out = None
+            for u in range(r0, r1):
+                for v in range(c0, c1):
+                    top, left = u * dh - padding[0], v * dw - padding[1]
+                    source = x
+                    if not (reach_h[u][1] and reach_w[v][1]):  # reads some padding
+                        if padded is None:
+                            padded = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
+                        source, top, left = padded, top + padding[0], left + padding[1]
+                    bottom, right = top + sh * (ho - 1) + 1, left + sw * (wo - 1) + 1
+                    patch = source[:, :, top:bottom:sh, left:right:sw]  # [B, C, H', W']
+                    term = patch * kernels[:, :, u - r0, v - c0]
+                    out = term if out is None else out + term
+        if self.bias is not None:
+            out = out + (routing_weights @ self.bias).view(b, c, 1, 1)
+        return out
 
     def _forward_experts_first(
         self, x: torch.Tensor, routing_weights: torch.Tensor, padding: tuple[int, int]
     ) -> torch.Tensor:
         """Run all E experts as one convolution, then mix their outputs per example."""
+        if self.pointwise:
+            return self._forward_experts_pointwise(x, routing_weights)
         b, e, g = x.shape[0], self.num_experts, self.groups
         out_g = self.out_channels // g
         # Group-major stacking so a grouped conv sees each group's E*out/g kernels together.
@@ -314,6 +473,22 @@ class CondConv2d(nn.Module):
         if self.bias is not None:
             out = out + (routing_weights @ self.bias).view(b, self.out_channels, 1, 1)
         return out
+
+    def _forward_experts_pointwise(
+        self, x: torch.Tensor, routing_weights: torch.Tensor
+    ) -> torch.Tensor:
+        """Pointwise experts first as one matmul over all pixels (a 1x1 conv, without
+        oneDNN's layout conversions), then their outputs mixed per example."""
+        if self.stride != (1, 1):
+            x = x[:, :, :: self.stride[0], :: self.stride[1]]
+        b, c, h, w = x.shape
+        e, o = self.num_experts, self.out_channels
+        rows = _pixels_as_rows(x).reshape(b * h * w, c)  # [B*H*W, in]
+        y = (rows @ self.weight.view(e * o, c).t()).view(b, h * w, e, o)  # [B, H*W, E, out]
+        out = torch.einsum("be,bpeo->bpo", routing_weights, y)  # [B, H*W, out]
+        if self.bias is not None:
+            out = out + (routing_weights @ self.bias).view(b, 1, o)
+        return out.view(b, h, w, o).permute(0, 3, 1, 2)  # NCHW shape, channels-last memory
 
     def expert_kernels(self) -> torch.Tensor:
         """The experts as ``[E, out, in/g, kh, kw]`` (for references and analysis)."""

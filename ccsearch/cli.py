@@ -106,10 +106,19 @@ def _print_madds(spec: ArchSpec, report: MaddsReport) -> None:
 def cmd_madds(args: argparse.Namespace) -> int:
     spec = resolve_spec(args.model, args.condconv, args.experts, args.routing, args.width)
     report = count_madds(spec, resolution=args.resolution, convention=args.convention)
+    moe = None
+    if args.moe:
+        from ccsearch.madds import moe_equivalent_madds
+
+        moe = moe_equivalent_madds(spec, resolution=args.resolution, convention=args.convention)
     if args.json:
-        print(json.dumps({**report.to_dict(), "spec": spec.to_dict()}, indent=2))
+        extra = {} if moe is None else {"moe_equivalent_madds": moe}
+        print(json.dumps({**report.to_dict(), **extra, "spec": spec.to_dict()}, indent=2))
     else:
         _print_madds(spec, report)
+        if moe is not None:
+            print(f"mixture of experts (each CondConv layer as E separate convs): "
+                  f"{format_madds(moe)} ({moe:,}); CondConv is {report.madds / moe:.1%} of it")
     return 0
 
 
@@ -803,6 +812,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--convention", choices=CONVENTIONS, default="paper", help="what counts (default paper)"
     )
+    p.add_argument("--moe", action="store_true",
+                   help="also count the same model with each CondConv layer as E separate convolutions")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_madds)
 

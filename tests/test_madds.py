@@ -345,3 +345,18 @@ def test_moe_equivalent_matches_fvcore_on_the_experts_execution(groups):
     assert moe_equivalent_madds(spec) == count_madds(model).madds
     plain = get_backbone("mobilenet_v1", 0.25)
     assert moe_equivalent_madds(plain) == count_madds(plain).madds
+
+
+def test_cli_madds_moe_prints_the_mixture_of_experts_cost(capsys):
+    """The rebuttal's comparison: CondConv against E separate convolutions per layer."""
+    from ccsearch.cli import main
+    from ccsearch.madds import moe_equivalent_madds
+
+    spec = get_backbone("mobilenet_v1", 0.25).with_condconv(list(range(1, 14)), 32)
+    assert main(["madds", "mobilenet_v1", "--width", "0.25", "--condconv", "all", "--experts", "32",
+                 "--moe", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["moe_equivalent_madds"] == moe_equivalent_madds(spec)
+    assert out["madds"] / out["moe_equivalent_madds"] < 0.07  # cheaper than the paper's 7%
+    assert main(["madds", "mobilenet_v1", "--width", "0.25", "--condconv", "13", "--moe"]) == 0
+    assert "CondConv is" in capsys.readouterr().out

@@ -42,7 +42,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from ccsearch.arch import build_model, get_backbone  # noqa: E402
+from ccsearch.arch import build_model  # noqa: E402
+from ccsearch.arch.resolve import resolve_spec  # noqa: E402
 from ccsearch.errors import UserError  # noqa: E402
 from ccsearch.train.augment import random_crop_flip  # noqa: E402
 from ccsearch.train.proxy import ProxyConfig, get_proxy, load_proxy_data  # noqa: E402
@@ -52,6 +53,7 @@ from ccsearch.train.trainer import (  # noqa: E402
     _optimizer,
     train_candidate,
 )
+from ccsearch.validate import positive_int  # noqa: E402
 
 TARGET = 0.9  # trainer / plain throughput the trainer should reach
 
@@ -103,6 +105,17 @@ def amp_setup(device: torch.device):
     return autocast, scaler
 
 
+def plain_sgd(model: torch.nn.Module, proxy: ProxyConfig) -> torch.optim.SGD:
+    """The plain loop's optimizer: one group, decay on every parameter."""
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=proxy.lr,
+        momentum=proxy.momentum,
+        nesterov=True,
+        weight_decay=proxy.weight_decay,
+    )
+
+
 def plain_loop(
     spec,
     proxy: ProxyConfig,
@@ -125,13 +138,7 @@ def plain_loop(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     autocast, scaler = amp_setup(device)
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=proxy.lr,
-        momentum=proxy.momentum,
-        nesterov=True,
-        weight_decay=proxy.weight_decay,
-    )
+    optimizer = plain_sgd(model, proxy)
     n = len(data.train_y)
     batch_size = min(proxy.batch_size, n)
     steps = n // batch_size
@@ -201,13 +208,7 @@ def breakdown(
     model.train()
     autocast, scaler = amp_setup(device)
     trainer_opt = _optimizer(model, proxy)  # the trainer's: 2 groups, no decay on 1-D params
-    plain_opt = torch.optim.SGD(
-        model.parameters(),
-        lr=proxy.lr,
-        momentum=proxy.momentum,
-        nesterov=True,
-        weight_decay=proxy.weight_decay,
-    )
+    plain_opt = plain_sgd(model, proxy)
     schedule = _lr_schedule(proxy, steps)
     loss_sum = torch.zeros((), device=device)
     labels = data.train_y[index]
@@ -312,9 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--proxy", default="smoke", help="preset or YAML file (default smoke)")
     ap.add_argument("--data", default=None, help="as the CLI's --data (default: the proxy's)")
     ap.add_argument("--model", default="mnasnet_a1", help="backbone (default mnasnet_a1)")
-    ap.add_argument("--condconv", default="",
-                    help="block groups (1..N) that get CondConv, e.g. 6,7 (default none)")
-    ap.add_argument("--experts", type=int, default=8, help="experts with --condconv (8)")
+    ap.add_argument("--condconv", default=None,
+                    help="block groups (1..N) that get CondConv, e.g. 6,7, 5-7 or all "
+                         "(default none)")
+    ap.add_argument("--experts", type=int, default=None, help="experts with --condconv (8)")
     ap.add_argument("--epochs", type=int, default=1, help="epochs per run (default 1)")
     ap.add_argument("--rounds", type=int, default=None, help="rounds (default 3, quick 2)")
     ap.add_argument("--steps", type=int, default=None,
@@ -325,23 +327,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="torch.set_num_threads (default: torch's, one per core)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    if args.threads is not None:
-        if args.threads < 1:
-            ap.error("--threads must be >= 1")
-        torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: CUDA is not available")
     rounds = args.rounds or (2 if args.quick else 3)
     steps_cap = args.steps or (8 if args.quick else None)
-    if rounds < 1 or args.epochs < 1 or (steps_cap is not None and steps_cap < 1):
-        ap.error("--rounds, --epochs and --steps must be >= 1")
     device = torch.device(args.device)
     try:
+        for flag in ("rounds", "epochs", "steps", "threads"):
+            if getattr(args, flag) is not None:
+                positive_int(f"--{flag}", getattr(args, flag))
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
         proxy = get_proxy(args.proxy, epochs=args.epochs)
-        spec = get_backbone(args.model)
-        if args.condconv:
-            groups = [int(g) for g in args.condconv.split(",") if g.strip()]
-            spec = spec.with_condconv(groups, args.experts)
+        spec = resolve_spec(args.model, args.condconv, args.experts)  # as the CLI's MODEL
         proxy_data = load_proxy_data(proxy, args.data)
     except (UserError, ValueError) as err:
         ap.error(str(err))
@@ -361,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
           f"interop={torch.get_num_interop_threads()} os.cpu_count()={os.cpu_count()}")
     env = [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ]
     print(f"env     {' '.join(env) or 'OMP_NUM_THREADS, MKL_NUM_THREADS unset'}")
-    cc = f", CondConv in groups {spec.condconv_groups()} x{args.experts}" if args.condconv else ""
+    experts = {g.experts for g in spec.groups if g.experts}
+    cc = (f", CondConv in groups {spec.condconv_groups()} x{'/'.join(map(str, sorted(experts)))}"
+          if experts else "")
     print(f"model   {spec.name}{cc}; proxy {proxy.name} (width {proxy.width}, depth "
           f"{proxy.depth}, {proxy.resolution}px)")
     print(f"data    {data.description}: {len(full.train_y)} train / {len(full.val_y)} val")

@@ -6,6 +6,8 @@ The folders are found in a checkout (next to the package) and after a plain
 
 from __future__ import annotations
 
+import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +33,45 @@ def shipped(kind: str) -> list[str]:
     return sorted(p.stem for p in config_dir(kind).glob("*.yaml"))
 
 
-def resolve_config(kind: str, name_or_path: str | Path) -> Path:
-    """A shipped name (``mnasnet_a1``) or a path to a YAML file."""
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def reads_as_path(text: str, suffixes: tuple[str, ...] = YAML_SUFFIXES) -> bool:
+    """The rule that tells a file from a shipped name: it ends in one of ``suffixes`` or
+    holds a folder separator.  Shipped names never do."""
+    return text.endswith(suffixes) or "/" in text or os.sep in text
+
+
+def resolve_name_or_path(
+    name_or_path: str | Path,
+    names: Collection[str] | None,
+    *,
+    what: str,
+    suffixes: tuple[str, ...] = YAML_SUFFIXES,
+    unknown: str | None = None,
+) -> str | Path:
+    """A shipped name or a file path, told apart one way for every kind of thing.
+
+    Text that :func:`reads_as_path` is a path (``~`` expanded) and must name an existing
+    file: the ``Path`` is returned.  Anything else is a name and is returned as the ``str``;
+    with ``names`` it must be one of them (``unknown`` replaces the default message), with
+    ``names=None`` the caller looks it up in its own table.
+    """
     text = str(name_or_path)
-    if text.endswith((".yaml", ".yml")) or "/" in text:
+    if reads_as_path(text, suffixes):
         path = Path(text).expanduser()
         if not path.is_file():
-            raise UserError(f"{_SINGULAR[kind]} file not found: {path}")
+            raise UserError(f"{what} file not found: {path}")
         return path
-    path = config_dir(kind) / f"{text}.yaml"
-    if not path.is_file():
-        raise UserError(
-            f"unknown {_SINGULAR[kind]} {text!r}; shipped: {', '.join(shipped(kind))}"
-        )
-    return path
+    if names is not None and text not in names:
+        raise UserError(unknown or f"unknown {what} {text!r}; shipped: {', '.join(names)}")
+    return text
+
+
+def resolve_config(kind: str, name_or_path: str | Path) -> Path:
+    """A shipped name (``mnasnet_a1``) or a path to a YAML file."""
+    found = resolve_name_or_path(name_or_path, shipped(kind), what=_SINGULAR[kind])
+    return found if isinstance(found, Path) else config_dir(kind) / f"{found}.yaml"
 
 
 def load_yaml_mapping(path: Path) -> dict[str, Any]:

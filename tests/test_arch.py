@@ -230,3 +230,37 @@ def test_invalid_spec_files_give_clear_errors(tmp_path):
         get_backbone("mnasnet_b9")
     with pytest.raises(UserError, match="block group 8 does not exist"):
         get_backbone("mnasnet_a1").with_condconv([8])
+
+
+@pytest.mark.parametrize("field", ["stem_channels", "num_classes", "in_channels"])
+@pytest.mark.parametrize("value", [True, 2.0, "32"])
+def test_spec_integer_fields_refuse_bools_floats_and_strings(field, value):
+    data = {**get_backbone("mnasnet_a1").to_dict(), field: value}
+    with pytest.raises(UserError, match=rf"{field} must be a positive integer, got {value!r}"):
+        ArchSpec.from_dict(data)
+
+
+def test_group_integer_fields_refuse_true():
+    data = get_backbone("mnasnet_a1").to_dict()
+    data["groups"][0]["channels"] = True
+    with pytest.raises(UserError, match="group 1: channels must be a positive integer, got True"):
+        ArchSpec.from_dict(data)
+    with pytest.raises(UserError, match="experts must be an integer >= 1, got True"):
+        get_backbone("mnasnet_a1").with_condconv([6, 7], experts=True)
+    with pytest.raises(UserError, match="block group True does not exist"):
+        get_backbone("mnasnet_a1").with_condconv([True])
+
+
+def test_model_is_a_backbone_name_or_a_spec_file(tmp_path):
+    from ccsearch.arch.resolve import resolve_spec
+
+    assert resolve_spec("MnasNet-A1").name == "mnasnet_a1"
+    path = tmp_path / "mine.json"
+    get_backbone("mobilenet_v1").with_condconv([13], 4).save(path)
+    assert resolve_spec(str(path)).condconv_groups() == [13]
+    with pytest.raises(UserError, match=f"spec file not found: {tmp_path / 'nope.json'}"):
+        resolve_spec(str(tmp_path / "nope.json"))
+    with pytest.raises(UserError, match="spec file not found: specs/mnasnet"):
+        resolve_spec("specs/mnasnet")  # a path, not a backbone name
+    with pytest.raises(UserError, match="unknown backbone 'mnasnet_b9'; shipped: mnasnet_a1"):
+        resolve_spec("mnasnet_b9")

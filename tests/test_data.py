@@ -236,6 +236,7 @@ def test_cache_overwrite_rules(tmp_path: Path) -> None:
         ("truncated", "truncated or corrupted"),
         ("missing_file", "cache file missing"),
         ("wrong_shape", "manifest says"),
+        ("empty", "holds no train images"),  # as an older prepare-data wrote from bad JPEGs
     ],
 )
 def test_cache_corruption_is_a_user_error(tmp_path: Path, damage: str, match: str) -> None:
@@ -253,6 +254,12 @@ def test_cache_corruption_is_a_user_error(tmp_path: Path, damage: str, match: st
         (out / "val_y.npy").unlink()
     elif damage == "wrong_shape":
         np.save(out / "val_y.npy", np.zeros(3, np.int64))
+    elif damage == "empty":  # consistent files and manifest, no image
+        np.save(out / "train_x.npy", np.zeros((0, 8, 8, 3), np.uint8))
+        np.save(out / "train_y.npy", np.zeros(0, np.int64))
+        meta = json.loads(manifest.read_text())
+        meta["files"]["train_x.npy"]["shape"], meta["files"]["train_y.npy"]["shape"] = [0, 8, 8, 3], [0]
+        manifest.write_text(json.dumps(meta))
     with pytest.raises(UserError, match=match) as err:
         load_data("imagenet", out, resolution=8)
     assert str(out) in str(err.value)
@@ -406,3 +413,16 @@ def test_cluttered_digits_are_one_fixed_data_set() -> None:
         "digits", resolution=32).val_y).tolist()], "every held-out digit in 5 scenes"
     with pytest.raises(UserError, match="takes no root"):
         load_data("cluttered-digits", "/tmp", resolution=32)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("resolution", True), ("classes", True), ("images_per_class", 2.0), ("seed", True)],
+)
+def test_data_options_refuse_bools_and_floats(field: str, value: object) -> None:
+    from ccsearch.data import DataOptions
+
+    with pytest.raises(UserError, match=rf"{field} must be .*, got {value!r}"):
+        DataOptions(**{"resolution": 32, field: value})
+    with pytest.raises(UserError, match=rf"{field} must be .*, got {value!r}"):
+        load_data("digits", **{"resolution": 32, field: value})

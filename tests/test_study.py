@@ -88,3 +88,57 @@ def test_changes_from_lists_every_other_field(field, value):
     changes = replace(stored, **{field: value}).changes_from(stored)
     assert len(changes) == 1 and changes[0].startswith(f"{field}: the study has ")
     assert repr(value) in changes[0]
+
+
+@pytest.mark.parametrize("field", ["trials", "population_size", "startup_trials", "repeats", "epochs"])
+def test_study_integer_fields_refuse_true(field):
+    with pytest.raises(UserError, match=rf"study 'mnasnet_a1_325m': {field} must be a positive "
+                                        r"integer( or null)?, got True"):
+        config(**{field: True})
+
+
+def test_study_seed_refuses_true_and_negatives():
+    for value in (True, -1, 1.0):
+        with pytest.raises(UserError, match=rf"seed must be an integer >= 0, got {value!r}"):
+            config(seed=value)
+
+
+@pytest.mark.parametrize("field", ["resolution", "epochs", "batch_size", "classes", "images_per_class",
+                                   "max_val_images"])
+def test_proxy_integer_fields_refuse_true(field):
+    from ccsearch.train.proxy import get_proxy
+
+    with pytest.raises(UserError, match=rf"proxy 'smoke': {field} must be a positive integer.*, got True"):
+        get_proxy("smoke", **{field: True})
+
+
+def test_proxy_data_seed_refuses_true():
+    from ccsearch.train.proxy import get_proxy
+
+    with pytest.raises(UserError, match=r"proxy 'smoke': data_seed must be an integer >= 0, got True"):
+        get_proxy("smoke", data_seed=True)
+
+
+def test_proxy_is_a_preset_or_a_yaml_file(tmp_path):
+    from ccsearch.train.proxy import get_proxy
+
+    with pytest.raises(UserError, match=r"unknown proxy preset 'fast'; presets: smoke.*\(or a \.yaml file\)"):
+        get_proxy("fast")
+    with pytest.raises(UserError, match=f"proxy file not found: {tmp_path / 'mine.yaml'}"):
+        get_proxy(tmp_path / "mine.yaml")
+    (tmp_path / "mine.yml").write_text("resolution: 24\n")
+    assert get_proxy(str(tmp_path / "mine.yml")).resolution == 24
+
+
+def test_sampler_seed_streams_differ():
+    import optuna
+
+    from ccsearch.search.space import load_search_space
+
+    space = load_search_space("mnasnet_a1")
+
+    def first_draw(seed_stream: int) -> float:
+        sampler = config(sampler="random").make_sampler(space, seed_stream=seed_stream)
+        return optuna.create_study(sampler=sampler).ask().suggest_float("x", 0, 1)
+
+    assert first_draw(0) == first_draw(0) != first_draw(1)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ccsearch.arch.backbones import get_backbone
 from ccsearch.arch.spec import ArchSpec
+from ccsearch.config import resolve_name_or_path
 from ccsearch.errors import UserError
+
+SPEC_SUFFIXES = (".json",)  # a MODEL that ends so (or holds a /) is a spec file, else a backbone
 
 
 def parse_groups(text: str, num_groups: int) -> list[int]:
@@ -32,7 +37,7 @@ def parse_groups(text: str, num_groups: int) -> list[int]:
 
 
 def resolve_spec(
-    name_or_path: str,
+    name_or_path: str | Path,
     condconv: str | None = None,
     experts: int | None = None,
     routing: str | None = None,
@@ -40,12 +45,13 @@ def resolve_spec(
 ) -> ArchSpec:
     """A shipped backbone name or a spec JSON file, with the CondConv options applied (the
     CLI's MODEL --condconv --experts --routing --width, and a study's ``references``)."""
-    if name_or_path.endswith(".json"):
-        spec = ArchSpec.load(name_or_path)
+    found = resolve_name_or_path(name_or_path, None, what="spec", suffixes=SPEC_SUFFIXES)
+    if isinstance(found, Path):
+        spec = ArchSpec.load(found)
         if width != 1.0:
             spec = spec.scale_width(width)
     else:
-        spec = get_backbone(name_or_path, width)
+        spec = get_backbone(found, width)  # names its backbones when it is none of them
     if condconv is None:
         if experts is not None or routing is not None:
             raise UserError("--experts and --routing need --condconv GROUPS (e.g. --condconv 6,7)")

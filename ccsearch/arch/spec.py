@@ -17,6 +17,7 @@ from typing import Any
 
 from ccsearch.errors import UserError
 from ccsearch.layers import ROUTING_ACTIVATIONS
+from ccsearch.validate import is_integer, nonnegative_int, positive_int
 
 # ds: depthwise-separable with a linear pointwise conv (MnasNet / EfficientNet first block);
 # dsa: the same with an activation after the pointwise conv (MobileNetV1);
@@ -55,12 +56,7 @@ class BlockGroup:
             self.block in BLOCK_TYPES, where, f"block {self.block!r} is not one of {BLOCK_TYPES}"
         )
         for name in ("repeats", "kernel", "stride", "channels"):
-            value = getattr(self, name)
-            _check(
-                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                where,
-                f"{name} must be a positive integer, got {value!r}",
-            )
+            positive_int(name, getattr(self, name), where=where)
         _check(self.kernel % 2 == 1, where, f"kernel must be odd, got {self.kernel}")
         _check(
             isinstance(self.expansion, int | float) and self.expansion > 0,
@@ -72,13 +68,7 @@ class BlockGroup:
             where,
             f"se must be a ratio in [0, 1], got {self.se!r}",
         )
-        _check(
-            isinstance(self.experts, int)
-            and not isinstance(self.experts, bool)
-            and self.experts >= 0,
-            where,
-            f"experts must be an integer >= 0 (0 = static conv), got {self.experts!r}",
-        )
+        nonnegative_int("experts", self.experts, where=where, note=" (0 = static conv)")
         _check(
             self.routing in ROUTING_ACTIVATIONS,
             where,
@@ -159,17 +149,8 @@ class ArchSpec:
             _check(isinstance(group, BlockGroup), where, f"group {i} is not a BlockGroup")
             group.validate(f"{where} group {i}")
         for name in ("stem_channels", "stem_kernel", "stem_stride", "num_classes", "in_channels"):
-            value = getattr(self, name)
-            _check(
-                isinstance(value, int) and value >= 1,
-                where,
-                f"{name} must be a positive integer, got {value!r}",
-            )
-        _check(
-            isinstance(self.head_channels, int) and self.head_channels >= 0,
-            where,
-            f"head_channels must be an integer >= 0, got {self.head_channels!r}",
-        )
+            positive_int(name, getattr(self, name), where=where)
+        nonnegative_int("head_channels", self.head_channels, where=where)
         _check(
             self.head_scaling in HEAD_SCALINGS,
             where,
@@ -190,9 +171,9 @@ class ArchSpec:
         """CondConv with ``experts`` experts in the given block groups (numbered 1..N)."""
         n = len(self.groups)
         for g in groups:
-            if not isinstance(g, int) or isinstance(g, bool) or not 1 <= g <= n:
+            if not is_integer(g, 1) or g > n:
                 raise UserError(f"block group {g!r} does not exist: {self.name} has groups 1..{n}")
-        if not isinstance(experts, int) or isinstance(experts, bool) or experts < 1:
+        if not is_integer(experts, 1):
             raise UserError(f"experts must be an integer >= 1, got {experts!r}")
         if routing not in ROUTING_ACTIVATIONS:
             raise UserError(f"routing {routing!r} is not one of {ROUTING_ACTIVATIONS}")

@@ -1,9 +1,10 @@
 """Proxy-task data: one registry of sources, each returning uint8 NHWC arrays.
 
-NAS ranks candidates on a proxy (class subset, low resolution); see DESIGN.md
-"The proxy task". Nothing here downloads anything.
+NAS ranks candidates on a proxy (class subset, low resolution, few epochs) instead of
+full ImageNet training. Nothing here downloads anything.
 """
 
+from ccsearch.data._common import DataOptions
 from ccsearch.data._proxy import ProxyData
 from ccsearch.data._registry import (
     DEFAULT_SOURCE,
@@ -20,6 +21,7 @@ __all__ = [
     "DEFAULT_SOURCE",
     "EMBEDDED_SOURCES",
     "SOURCES",
+    "DataOptions",
     "ProxyData",
     "available_sources",
     "detect_source",

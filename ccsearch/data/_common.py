@@ -1,26 +1,35 @@
-"""Helpers every loader shares: option checks, reproducible class/image subsets, resizing."""
+"""What every loader shares: its options (checked once), reproducible class and image
+subsets, resizing, and the ending that turns in-memory splits into a ``ProxyData``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ccsearch.data._proxy import ProxyData
 from ccsearch.errors import UserError
+from ccsearch.validate import nonnegative_int, positive_int
 
 
-def check_positive(name: str, value: int | None, *, optional: bool = True) -> None:
-    """Reject non-integers (bools included) and values below 1 with one clear line."""
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise UserError(f"{name} must be a positive integer, got {value!r}")
+@dataclass(frozen=True)
+class DataOptions:
+    """What a loader is asked for: image size, class subset, per-class cap, and the seed
+    that picks the subset.  Checked here, once, whichever loader receives them."""
 
+    resolution: int
+    classes: int | None = None  # None: every class of the source
+    images_per_class: int | None = None  # cap on training images per class; None: no cap
+    seed: int = 0
 
-def check_seed(seed: int) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise UserError(f"seed must be a non-negative integer, got {seed!r}")
+    def __post_init__(self) -> None:
+        positive_int("resolution", self.resolution)
+        positive_int("classes", self.classes, optional=True)
+        positive_int("images_per_class", self.images_per_class, optional=True)
+        nonnegative_int("seed", self.seed)
 
 
 def require_dir(root: Path | None, what: str) -> Path:
@@ -77,6 +86,16 @@ def relabel(
     return keep, new[keep]
 
 
+def select_rows(
+    labels: np.ndarray, chosen: np.ndarray, num_classes: int, cap: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of ``chosen`` classes, at most ``cap`` per class (seeded), in their order:
+    (row indices, labels renumbered 0..k-1)."""
+    keep, new = relabel(labels, chosen, num_classes)
+    sub = cap_per_class(new, cap, seed)
+    return keep[sub], new[sub]
+
+
 def restrict(
     x: np.ndarray,
     y: np.ndarray,
@@ -91,10 +110,39 @@ def restrict(
     """
     if len(chosen) == num_classes and cap is None:
         return x, y
-    keep, new_y = relabel(y, chosen, num_classes)
-    sub = cap_per_class(new_y, cap, seed)
-    idx = keep[sub]
-    return x[idx], new_y[sub]
+    rows, new_y = select_rows(y, chosen, num_classes, cap, seed)
+    return x[rows], new_y
+
+
+def subset_proxy(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    class_names: Sequence[str],
+    options: DataOptions,
+    *,
+    source: str,
+    where: object,
+    describe: Callable[[str], str],
+) -> ProxyData:
+    """The ending of every loader that holds a whole split in memory: choose the classes,
+    cap the training images, resize both splits, and say what was kept.
+
+    ``describe`` gets the subset note (``"4 of 10 classes, <= 7 train images per class"``)
+    and returns the data's description.
+    """
+    k = len(class_names)
+    chosen = choose_classes(k, options.classes, options.seed, where)
+    train_x, train_y = restrict(*train, chosen, k, options.images_per_class, options.seed)
+    val_x, val_y = restrict(*val, chosen, k, None, options.seed)
+    return ProxyData(
+        resize_images(train_x, options.resolution),
+        train_y,
+        resize_images(val_x, options.resolution),
+        val_y,
+        class_names=[class_names[c] for c in chosen],
+        source=source,
+        description=describe(subset_note(len(chosen), k, options.images_per_class)),
+    )
 
 
 def resize_images(x: np.ndarray, resolution: int) -> np.ndarray:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from ccsearch.data._common import check_positive, check_seed
+from ccsearch.data._common import DataOptions
 from ccsearch.data._proxy import ProxyData
 from ccsearch.data.cache import is_cache_dir, load_imagenet_cache
 from ccsearch.data.cifar import load_cifar10, load_cifar100
@@ -18,35 +17,20 @@ from ccsearch.errors import UserError
 
 
 class Loader(Protocol):
-    def __call__(
-        self,
-        root: Path | None,
-        *,
-        resolution: int,
-        classes: int | None,
-        images_per_class: int | None,
-        seed: int,
-    ) -> ProxyData: ...
+    """A data source: its root (``None`` for the embedded ones) and checked options in,
+    a ``ProxyData`` out; every mistake in the files is a ``UserError``."""
+
+    def __call__(self, root: Path | None, options: DataOptions) -> ProxyData: ...
 
 
-def load_imagenet_any(
-    root: Path | None,
-    *,
-    resolution: int,
-    classes: int | None,
-    images_per_class: int | None,
-    seed: int,
-) -> ProxyData:
+def load_imagenet_any(root: Path | None, options: DataOptions) -> ProxyData:
     """ImageNet JPEG folders, or a cache made by ``ccsearch prepare-data`` (memory-mapped)."""
-    kwargs = dict(
-        resolution=resolution, classes=classes, images_per_class=images_per_class, seed=seed
-    )
     if root is not None and is_cache_dir(root):
-        return load_imagenet_cache(root, **kwargs)  # type: ignore[arg-type]
-    return load_imagenet(root, **kwargs)  # type: ignore[arg-type]
+        return load_imagenet_cache(root, options)
+    return load_imagenet(root, options)
 
 
-SOURCES: dict[str, Loader | Callable[..., ProxyData]] = {
+SOURCES: dict[str, Loader] = {
     "imagenet": load_imagenet_any,
     "imagenet-downsampled": load_downsampled,
     "cifar10": load_cifar10,
@@ -78,14 +62,10 @@ def load_data(
     loader = SOURCES.get(source)
     if loader is None:
         raise UserError(f"unknown data source {source!r}; known: {', '.join(SOURCES)}")
-    check_positive("resolution", resolution, optional=False)
-    check_positive("classes", classes)
-    check_positive("images_per_class", images_per_class)
-    check_seed(seed)
-    path = None if root is None else Path(root).expanduser()
-    return loader(
-        path, resolution=resolution, classes=classes, images_per_class=images_per_class, seed=seed
+    options = DataOptions(
+        resolution=resolution, classes=classes, images_per_class=images_per_class, seed=seed
     )
+    return loader(None if root is None else Path(root).expanduser(), options)
 
 
 def parse_data_arg(text: str | None, default: str = DEFAULT_SOURCE) -> tuple[str, Path | None]:

@@ -19,19 +19,12 @@ from typing import Any
 import numpy as np
 from numpy.lib.format import open_memmap
 
-from ccsearch.data._common import (
-    check_positive,
-    check_seed,
-    choose_classes,
-    resize_images,
-    restrict,
-    size_note,
-    subset_note,
-)
+from ccsearch.data._common import DataOptions, size_note, subset_proxy
 from ccsearch.data._jpeg import decode_into
 from ccsearch.data._proxy import ProxyData
 from ccsearch.data.imagenet import check_readable, select_imagenet
 from ccsearch.errors import UserError
+from ccsearch.validate import positive_int
 
 FORMAT = "ccsearch-imagenet-cache"
 VERSION = 1
@@ -124,17 +117,16 @@ def prepare_imagenet_cache(
 
     Unreadable images are skipped and listed in the manifest. Returns ``out_dir``.
     """
-    check_positive("resolution", resolution, optional=False)
-    check_positive("classes", classes)
-    check_positive("images_per_class", images_per_class)
-    check_positive("workers", workers)
-    check_seed(seed)
+    options = DataOptions(
+        resolution=resolution, classes=classes, images_per_class=images_per_class, seed=seed
+    )
+    positive_int("workers", workers, optional=True)
     root = Path(root).expanduser()
     out_dir = Path(out_dir).expanduser()
     if is_cache_dir(root):
         raise UserError(f"{root} is already a prepared cache; point at the JPEG folder tree")
     _check_out_dir(out_dir)
-    sel = select_imagenet(root, classes=classes, images_per_class=images_per_class, seed=seed)
+    sel = select_imagenet(root, options)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -247,6 +239,9 @@ def load_cache(cache_dir: str | Path, *, verify: bool = False) -> ProxyData:
             or y.shape != x.shape[:1]
         ):
             raise UserError(f"cache {cache_dir}: {split} arrays have inconsistent shapes")
+        if not len(y):  # older prepare-data versions wrote such caches from unreadable JPEGs
+            raise UserError(f"cache {cache_dir} holds no {split} images: prepare it again "
+                            "(ccsearch prepare-data imagenet --root ... --force)")
         if y.size and (int(y.min()) < 0 or int(y.max()) >= len(names)):
             raise UserError(
                 f"cache {cache_dir}: {split}_y.npy has labels outside 0..{len(names) - 1}"
@@ -266,37 +261,21 @@ def load_cache(cache_dir: str | Path, *, verify: bool = False) -> ProxyData:
     )
 
 
-def load_imagenet_cache(
-    root: Path,
-    *,
-    resolution: int,
-    classes: int | None,
-    images_per_class: int | None,
-    seed: int,
-) -> ProxyData:
+def load_imagenet_cache(root: Path, options: DataOptions) -> ProxyData:
     """A cache as a proxy: class subset and cap as for JPEGs; only downscaling is allowed."""
     data = load_cache(root)
-    if resolution > data.resolution:
+    if options.resolution > data.resolution:
         raise UserError(
-            f"cache {root} holds {data.resolution}px images; cannot serve {resolution}px "
-            f"(prepare a cache at >= {resolution}px)"
+            f"cache {root} holds {data.resolution}px images; cannot serve {options.resolution}px "
+            f"(prepare a cache at >= {options.resolution}px)"
         )
-    chosen = choose_classes(data.num_classes, classes, seed, root)
-    train_x, train_y = restrict(
-        data.train_x, data.train_y, chosen, data.num_classes, images_per_class, seed
-    )
-    val_x, val_y = restrict(data.val_x, data.val_y, chosen, data.num_classes, None, seed)
-    size = size_note(data.resolution, resolution)
-    desc = (
-        f"ImageNet cache {root} at {size}, "
-        f"{subset_note(len(chosen), data.num_classes, images_per_class)}"
-    )
-    return ProxyData(
-        resize_images(train_x, resolution),
-        train_y,
-        resize_images(val_x, resolution),
-        val_y,
-        class_names=[data.class_names[c] for c in chosen],
+    size = size_note(data.resolution, options.resolution)
+    return subset_proxy(
+        (data.train_x, data.train_y),
+        (data.val_x, data.val_y),
+        data.class_names,
+        options,
         source="imagenet",
-        description=desc,
+        where=root,
+        describe=lambda subset: f"ImageNet cache {root} at {size}, {subset}",
     )

@@ -15,13 +15,11 @@ from typing import Any
 import numpy as np
 
 from ccsearch.data._common import (
-    choose_classes,
+    DataOptions,
     chw_rows_to_nhwc,
     require_dir,
-    resize_images,
-    restrict,
     size_note,
-    subset_note,
+    subset_proxy,
 )
 from ccsearch.data._proxy import ProxyData
 from ccsearch.errors import UserError
@@ -108,63 +106,39 @@ def _load(
     meta: str,
     names_key: str,
     label_key: str,
-    *,
-    resolution: int,
-    classes: int | None,
-    images_per_class: int | None,
-    seed: int,
+    options: DataOptions,
 ) -> ProxyData:
     class_names = _names(folder / meta, names_key)
     k = len(class_names)
-    train_x, train_y = _read_split([folder / f for f in train], label_key, k)
-    val_x, val_y = _read_split([folder / f for f in test], label_key, k)
-    chosen = choose_classes(k, classes, seed, folder)
-    train_x, train_y = restrict(train_x, train_y, chosen, k, images_per_class, seed)
-    val_x, val_y = restrict(val_x, val_y, chosen, k, None, seed)
     label = "CIFAR-10" if name == "cifar10" else "CIFAR-100"
-    desc = f"{label} {size_note(32, resolution)}, {subset_note(len(chosen), k, images_per_class)}"
-    return ProxyData(
-        resize_images(train_x, resolution),
-        train_y,
-        resize_images(val_x, resolution),
-        val_y,
-        class_names=[class_names[c] for c in chosen],
+    return subset_proxy(
+        _read_split([folder / f for f in train], label_key, k),
+        _read_split([folder / f for f in test], label_key, k),
+        class_names,
+        options,
         source=name,
-        description=desc,
+        where=folder,
+        describe=lambda subset: f"{label} {size_note(32, options.resolution)}, {subset}",
     )
 
 
 CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 
 
-def load_cifar10(
-    root: Path | None,
-    *,
-    resolution: int,
-    classes: int | None,
-    images_per_class: int | None,
-    seed: int,
-) -> ProxyData:
+def load_cifar10(root: Path | None, options: DataOptions) -> ProxyData:
     """CIFAR-10 python batches (data_batch_1..5, test_batch, batches.meta)."""
     files = [*CIFAR10_TRAIN, "test_batch", "batches.meta"]
     folder = _find(root, "CIFAR-10", "cifar-10-batches-py", files)
     return _load(
         "cifar10", folder, CIFAR10_TRAIN, ["test_batch"], "batches.meta", "label_names", "labels",
-        resolution=resolution, classes=classes, images_per_class=images_per_class, seed=seed,
+        options,
     )  # fmt: skip
 
 
-def load_cifar100(
-    root: Path | None,
-    *,
-    resolution: int,
-    classes: int | None,
-    images_per_class: int | None,
-    seed: int,
-) -> ProxyData:
+def load_cifar100(root: Path | None, options: DataOptions) -> ProxyData:
     """CIFAR-100 python batches (train, test, meta), fine labels."""
     folder = _find(root, "CIFAR-100", "cifar-100-python", ["train", "test", "meta"])
     return _load(
         "cifar100", folder, ["train"], ["test"], "meta", "fine_label_names", "fine_labels",
-        resolution=resolution, classes=classes, images_per_class=images_per_class, seed=seed,
+        options,
     )  # fmt: skip

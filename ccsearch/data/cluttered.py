@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ccsearch.data._common import choose_classes, restrict, subset_note
+from ccsearch.data._common import DataOptions, subset_proxy
 from ccsearch.data._proxy import ProxyData
-from ccsearch.data.digits import split_digits
+from ccsearch.data.digits import digit_names, split_digits
 from ccsearch.errors import UserError
 
 TRAIN_RENDERS = 2  # scenes per training digit
@@ -33,14 +33,7 @@ NOISE = 0.04  # std of the pixel noise, in 0..1 units
 SIZE = (0.65, 0.95)  # the digit's size, as a fraction of the canvas
 
 
-def load_cluttered_digits(
-    root: Path | None,
-    *,
-    resolution: int,
-    classes: int | None,
-    images_per_class: int | None,
-    seed: int,
-) -> ProxyData:
+def load_cluttered_digits(root: Path | None, options: DataOptions) -> ProxyData:
     """Cluttered digits, generated (no root): a smoke-test proxy, not ImageNet."""
     if root is not None:
         raise UserError(f"the cluttered-digits source is generated and takes no root, got {root}")
@@ -48,21 +41,18 @@ def load_cluttered_digits(
     digits = (bunch.images / 16.0).astype(np.float32)
     labels = bunch.target.astype(np.int64)
     rng = np.random.default_rng(DATA_SEED)
-    parts = []
-    for idx, renders in ((train_idx, TRAIN_RENDERS), (val_idx, VAL_RENDERS)):
-        idx = np.tile(idx, renders)
-        parts.append((draw_scenes(digits[idx], resolution, rng), labels[idx]))
-    (train_x, train_y), (val_x, val_y) = parts
-    k = len(bunch.target_names)
-    chosen = choose_classes(k, classes, seed, "cluttered-digits")
-    train_x, train_y = restrict(train_x, train_y, chosen, k, images_per_class, seed)
-    val_x, val_y = restrict(val_x, val_y, chosen, k, None, seed)
-    desc = (f"cluttered digits at {resolution}px ({subset_note(len(chosen), k, images_per_class)}, "
-            f"{TRAIN_RENDERS}/{VAL_RENDERS} scenes per train/val digit) — smoke-test proxy, "
-            "not ImageNet")
-    return ProxyData(train_x, train_y, val_x, val_y,
-                     class_names=[str(int(bunch.target_names[c])) for c in chosen],
-                     source="cluttered-digits", description=desc)
+    train_idx, val_idx = np.tile(train_idx, TRAIN_RENDERS), np.tile(val_idx, VAL_RENDERS)
+    # Drawn at the resolution asked for (nothing to resize); train first, then val, from rng.
+    train = draw_scenes(digits[train_idx], options.resolution, rng), labels[train_idx]
+    val = draw_scenes(digits[val_idx], options.resolution, rng), labels[val_idx]
+    return subset_proxy(
+        train, val, digit_names(bunch), options, source="cluttered-digits",
+        where="cluttered-digits",
+        describe=lambda subset: (
+            f"cluttered digits at {options.resolution}px ({subset}, {TRAIN_RENDERS}/"
+            f"{VAL_RENDERS} scenes per train/val digit) — smoke-test proxy, not ImageNet"
+        ),
+    )  # fmt: skip
 
 
 def draw_scenes(digits: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:

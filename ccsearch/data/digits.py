@@ -11,49 +11,40 @@ from pathlib import Path
 
 import numpy as np
 
-from ccsearch.data._common import choose_classes, resize_images, restrict, subset_note
+from ccsearch.data._common import DataOptions, subset_proxy
 from ccsearch.data._proxy import ProxyData
 from ccsearch.errors import UserError
 
 VAL_FRACTION = 0.2
 
 
-def load_digits_proxy(
-    root: Path | None,
-    *,
-    resolution: int,
-    classes: int | None,
-    images_per_class: int | None,
-    seed: int,
-) -> ProxyData:
+def load_digits_proxy(root: Path | None, options: DataOptions) -> ProxyData:
     """scikit-learn's bundled digits (no root): a smoke-test proxy, not ImageNet."""
     if root is not None:
         raise UserError(
             f"the digits source is bundled with scikit-learn and takes no root, got {root}"
         )
-    bunch, train_idx, val_idx = split_digits(seed)
+    bunch, train_idx, val_idx = split_digits(options.seed)
     images = np.rint(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
     rgb = np.repeat(images[..., None], 3, axis=3)
     labels = bunch.target.astype(np.int64)
-    k = len(bunch.target_names)
-    chosen = choose_classes(k, classes, seed, "digits")
-    train_x, train_y = restrict(
-        rgb[train_idx], labels[train_idx], chosen, k, images_per_class, seed
-    )
-    val_x, val_y = restrict(rgb[val_idx], labels[val_idx], chosen, k, None, seed)
-    desc = (
-        f"digits 8x8 upsampled to {resolution}px, "
-        f"{subset_note(len(chosen), k, images_per_class)} — smoke-test proxy, not ImageNet"
-    )
-    return ProxyData(
-        resize_images(train_x, resolution),
-        train_y,
-        resize_images(val_x, resolution),
-        val_y,
-        class_names=[str(int(bunch.target_names[c])) for c in chosen],
+    return subset_proxy(
+        (rgb[train_idx], labels[train_idx]),
+        (rgb[val_idx], labels[val_idx]),
+        digit_names(bunch),
+        options,
         source="digits",
-        description=desc,
+        where="digits",
+        describe=lambda subset: (
+            f"digits 8x8 upsampled to {options.resolution}px, {subset} — smoke-test proxy, "
+            "not ImageNet"
+        ),
     )
+
+
+def digit_names(bunch) -> list[str]:
+    """The digits' class names, "0".."9"."""
+    return [str(int(name)) for name in bunch.target_names]
 
 
 def split_digits(seed: int):

@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from ccsearch.data._common import (
-    cap_per_class,
+    DataOptions,
     choose_classes,
     chw_rows_to_nhwc,
     relabel,
     require_dir,
     resize_images,
+    select_rows,
     size_note,
     subset_note,
 )
@@ -73,15 +74,9 @@ def _class_names(root: Path, labels: np.ndarray) -> list[str]:
     return [wnids.get(int(k), f"label_{int(k) + 1}") for k in labels]
 
 
-def load_downsampled(
-    root: Path | None,
-    *,
-    resolution: int,
-    classes: int | None,
-    images_per_class: int | None,
-    seed: int,
-) -> ProxyData:
+def load_downsampled(root: Path | None, options: DataOptions) -> ProxyData:
     """Imagenet32/64 ``.npz`` batches (train_data_batch_*.npz, val_data.npz)."""
+    resolution = options.resolution
     root = require_dir(root, "imagenet-downsampled")
     batches = sorted(
         (p for p in root.iterdir() if _BATCH.fullmatch(p.name)),
@@ -95,15 +90,15 @@ def load_downsampled(
     files = [*batches, val]
     labels = [_labels(p) for p in files]
     present = np.unique(np.concatenate(labels[:-1]))  # canonical classes: those with train data
-    chosen = choose_classes(len(present), classes, seed, root)
+    chosen = choose_classes(len(present), options.classes, options.seed, root)
     table = np.full(int(max(int(lab.max(initial=0)) for lab in labels)) + 1, -1, np.int64)
     table[present] = np.arange(len(present))
 
     # Global selection over all train batches, then per-batch row picks.
     train_canon = table[np.concatenate(labels[:-1])]
-    keep, train_y = relabel(train_canon, chosen, len(present))
-    capped = cap_per_class(train_y, images_per_class, seed)
-    train_rows, train_y = keep[capped], train_y[capped]
+    train_rows, train_y = select_rows(
+        train_canon, chosen, len(present), options.images_per_class, options.seed
+    )
     val_canon = table[labels[-1]]
     val_in = np.flatnonzero(val_canon >= 0)
     val_keep, val_y = relabel(val_canon[val_in], chosen, len(present))
@@ -134,7 +129,7 @@ def load_downsampled(
     names = _class_names(root, present[chosen])
     desc = (
         f"downsampled ImageNet {size_note(native or resolution, resolution)}, "
-        f"{subset_note(len(chosen), len(present), images_per_class)}"
+        f"{subset_note(len(chosen), len(present), options.images_per_class)}"
     )
     return ProxyData(
         train_x,

@@ -19,7 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ccsearch.data._common import cap_per_class, choose_classes, relabel, require_dir, subset_note
+from ccsearch.data._common import (
+    DataOptions,
+    cap_per_class,
+    choose_classes,
+    relabel,
+    require_dir,
+    subset_note,
+)
 from ccsearch.data._jpeg import decode_into
 from ccsearch.data._proxy import ProxyData
 from ccsearch.errors import UserError
@@ -117,9 +124,7 @@ def _scan_val(root: Path, wnid_index: dict[str, int]) -> tuple[list[Path], list[
     return paths, labels
 
 
-def select_imagenet(
-    root: Path | None, *, classes: int | None, images_per_class: int | None, seed: int
-) -> ImageNetSelection:
+def select_imagenet(root: Path | None, options: DataOptions) -> ImageNetSelection:
     """Scan the folder tree and choose classes (sorted wnids, seeded) and train images."""
     root = require_dir(root, "imagenet")
     train = root / "train"
@@ -129,7 +134,7 @@ def select_imagenet(
     if not dirs:
         raise UserError(f"ImageNet train folder has no class folders: {train}")
     wnids = [d.name for d in dirs]
-    chosen = choose_classes(len(wnids), classes, seed, train)
+    chosen = choose_classes(len(wnids), options.classes, options.seed, train)
 
     train_paths: list[Path] = []
     train_labels: list[int] = []
@@ -140,7 +145,7 @@ def select_imagenet(
         train_paths += files
         train_labels += [new_label] * len(files)
     train_y = np.asarray(train_labels, np.int64)
-    capped = cap_per_class(train_y, images_per_class, seed)
+    capped = cap_per_class(train_y, options.images_per_class, options.seed)
 
     val_paths, val_labels = _scan_val(root, {w: i for i, w in enumerate(wnids)})
     val_keep, val_y = relabel(np.asarray(val_labels, np.int64), chosen, len(wnids))
@@ -162,16 +167,10 @@ def check_readable(split: str, paths: list[Path], ok: np.ndarray, root: Path) ->
         raise UserError(f"no readable {split} images in {root}: {how}")
 
 
-def load_imagenet(
-    root: Path | None,
-    *,
-    resolution: int,
-    classes: int | None,
-    images_per_class: int | None,
-    seed: int,
-) -> ProxyData:
+def load_imagenet(root: Path | None, options: DataOptions) -> ProxyData:
     """ImageNet JPEG folders, decoded now (slow for many images: prepare a cache instead)."""
-    sel = select_imagenet(root, classes=classes, images_per_class=images_per_class, seed=seed)
+    resolution = options.resolution
+    sel = select_imagenet(root, options)
     splits = []
     skipped = 0
     for paths, y, desc in (
@@ -186,6 +185,6 @@ def load_imagenet(
     note = f", {skipped} unreadable images skipped" if skipped else ""
     desc = (
         f"ImageNet JPEGs from {sel.root} at {resolution}px, "
-        f"{subset_note(len(sel.class_names), sel.total_classes, images_per_class)}{note}"
+        f"{subset_note(len(sel.class_names), sel.total_classes, options.images_per_class)}{note}"
     )
     return ProxyData(*splits, class_names=sel.class_names, source="imagenet", description=desc)

@@ -9,12 +9,13 @@ from typing import Any
 import optuna
 
 from ccsearch.arch import ArchSpec, get_backbone
-from ccsearch.arch.resolve import resolve_spec
-from ccsearch.config import check_fields, load_yaml_mapping, resolve_config
+from ccsearch.arch.resolve import SPEC_SUFFIXES, resolve_spec
+from ccsearch.config import check_fields, load_yaml_mapping, reads_as_path, resolve_config
 from ccsearch.errors import UserError
 from ccsearch.madds import CONVENTIONS, count_madds, exact_madds_label, format_madds, parse_madds
 from ccsearch.search.space import SearchSpace, load_search_space
 from ccsearch.train.proxy import ProxyConfig, get_proxy
+from ccsearch.validate import nonnegative_int, positive_int
 
 SAMPLERS = ("nsga2", "tpe", "random", "grid")
 REFERENCE_FIELDS = ("model", "condconv", "experts", "routing", "width")
@@ -54,24 +55,18 @@ class StudyConfig:
         if self.convention not in CONVENTIONS:
             raise UserError(f"{where}: convention {self.convention!r} is not one of {CONVENTIONS}")
         for key in ("trials", "population_size", "startup_trials", "repeats"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UserError(f"{where}: {key} must be a positive integer, got {value!r}")
+            positive_int(key, getattr(self, key), where=where)
         if self.sampler == "nsga2" and self.population_size < 2:  # NSGA-II breeds pairs
             raise UserError(
                 f"{where}: the nsga2 sampler needs population_size >= 2, "
                 f"got {self.population_size!r}"
             )
-        if self.epochs is not None and (
-            not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 1
-        ):
-            raise UserError(f"{where}: epochs must be a positive integer, got {self.epochs!r}")
+        positive_int("epochs", self.epochs, where=where, optional=True)
         if not isinstance(self.references, dict):
             raise UserError(f"{where}: references must map names to models, got {self.references!r}")
         if not isinstance(self.count_references, bool):
             raise UserError(f"{where}: count_references must be true or false")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise UserError(f"{where}: seed must be an integer >= 0, got {self.seed!r}")
+        nonnegative_int("seed", self.seed, where=where)
 
     @property
     def wanted(self) -> int:
@@ -161,10 +156,13 @@ class StudyConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def make_sampler(self, space: SearchSpace, stream: int = 0) -> optuna.samplers.BaseSampler:
-        """``stream`` > 0 for a process that joins a study with trials (resume, worker): a
+    def make_sampler(
+        self, space: SearchSpace, seed_stream: int = 0
+    ) -> optuna.samplers.BaseSampler:
+        """The study's sampler, seeded from ``seed`` and ``seed_stream``: 0 for the process that
+        starts the study, > 0 for one that joins a study with trials (resume, worker): a
         sampler seeded like the first one would replay its draws as duplicates."""
-        seed = (self.seed + 1_000_003 * stream) % 2**32
+        seed = (self.seed + 1_000_003 * seed_stream) % 2**32
         if self.sampler == "nsga2":
             return optuna.samplers.NSGAIISampler(population_size=self.population_size, seed=seed)
         if self.sampler == "tpe":
@@ -197,11 +195,11 @@ def load_study_config(name_or_path: str | Path) -> StudyConfig:
     data.setdefault("name", path.stem)
     for key in ("search_space", "proxy"):  # a file named in a study is next to the study
         value = data.get(key)
-        if isinstance(value, str) and (value.endswith((".yaml", ".yml")) or "/" in value):
+        if isinstance(value, str) and reads_as_path(value):
             data[key] = str((path.parent / Path(value).expanduser()).resolve())
     for name, model in (data.get("references") or {}).items():
         options = model if isinstance(model, dict) else {"model": model}
-        if isinstance(options.get("model"), str) and options["model"].endswith(".json"):
+        if isinstance(options.get("model"), str) and reads_as_path(options["model"], SPEC_SUFFIXES):
             options = {**options, "model": str((path.parent / Path(options["model"]).expanduser()).resolve())}
             data["references"][name] = options
     known = set(StudyConfig.__dataclass_fields__)

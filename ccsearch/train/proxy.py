@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ccsearch.arch import ArchSpec
-from ccsearch.config import check_fields, load_yaml_mapping
+from ccsearch.config import check_fields, load_yaml_mapping, resolve_name_or_path
 from ccsearch.data import DEFAULT_SOURCE, EMBEDDED_SOURCES, ProxyData, load_data, parse_data_arg
 from ccsearch.errors import UserError
+from ccsearch.validate import nonnegative_int, positive_int
 
 OPTIMIZERS = ("sgd", "rmsprop")
 
@@ -48,17 +49,11 @@ class ProxyConfig:
 
     def __post_init__(self) -> None:
         where = f"proxy {self.name!r}"
-        positive_ints = ("resolution", "epochs", "batch_size")
-        for name in positive_ints:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UserError(f"{where}: {name} must be a positive integer, got {value!r}")
+        for name in ("resolution", "epochs", "batch_size"):
+            positive_int(name, getattr(self, name), where=where)
         for name in ("classes", "images_per_class", "max_val_images"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise UserError(
-                    f"{where}: {name} must be a positive integer or null, got {value!r}"
-                )
+            positive_int(name, getattr(self, name), where=where, optional=True)
+        nonnegative_int("data_seed", self.data_seed, where=where)
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"{where}: optimizer {self.optimizer!r} is not one of {OPTIMIZERS}")
         for name in ("lr", "width", "depth"):
@@ -142,26 +137,22 @@ PRESETS: dict[str, ProxyConfig] = {
 }
 
 
-def get_proxy(name_or_path: str | ProxyConfig, **overrides: Any) -> ProxyConfig:
+def get_proxy(name_or_path: str | Path | ProxyConfig, **overrides: Any) -> ProxyConfig:
     """A preset by name, or a YAML file of ``ProxyConfig`` fields; ``overrides`` replace fields."""
     if isinstance(name_or_path, ProxyConfig):
         proxy = name_or_path
-    elif name_or_path in PRESETS:
-        proxy = PRESETS[name_or_path]
-    elif str(name_or_path).endswith((".yaml", ".yml")):
-        proxy = _load_yaml(Path(name_or_path))
     else:
-        raise UserError(
-            f"unknown proxy preset {name_or_path!r}; presets: {', '.join(PRESETS)} "
-            "(or a .yaml file)"
-        )
+        found = resolve_name_or_path(
+            name_or_path, PRESETS, what="proxy",
+            unknown=f"unknown proxy preset {str(name_or_path)!r}; presets: {', '.join(PRESETS)} "
+            "(or a .yaml file)",
+        )  # fmt: skip
+        proxy = _load_yaml(found) if isinstance(found, Path) else PRESETS[found]
     overrides = {k: v for k, v in overrides.items() if v is not None}
     return replace(proxy, **overrides) if overrides else proxy
 
 
 def _load_yaml(path: Path) -> ProxyConfig:
-    if not path.is_file():
-        raise UserError(f"proxy file not found: {path}")
     data = load_yaml_mapping(path)
     check_fields(path, data, {f.name for f in fields(ProxyConfig)}, "proxy")
     data.setdefault("name", path.stem)

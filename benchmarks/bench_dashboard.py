@@ -9,8 +9,8 @@ group gives every candidate's.
 
 By default the study is in memory (``study.add_trials``), so "build" is the dashboard's
 own work.  ``--sqlite`` writes it into a real run folder first (Optuna inserts about
-45 trials/s there: 10,000 take some 4 minutes) and times reading it back too: that read is
-Optuna's ``get_trials``, the same for any tool reading the storage.
+45 trials/s there: 10,000 take some 4 minutes; with ``--keep DIR`` a second run reuses it)
+and times reading it back too, through ``ccsearch.search.bulk_read`` (one pass of SQL).
 
 Run: python benchmarks/bench_dashboard.py [--trials 10000] [--name default] [--sqlite] [--keep DIR]
 """
@@ -97,9 +97,13 @@ def main() -> None:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        study = synthetic_study(args.trials, folder / "run" if args.sqlite else None)
-        print(f"synthetic study of {args.trials} trials made in {time.perf_counter() - start:.1f} s"
-              f" ({'SQLite run folder' if args.sqlite else 'in memory'})")
+        if args.sqlite and (folder / "run" / "study.db").exists():  # --keep: insert once
+            print(f"reusing the synthetic study in {folder / 'run'}")
+        else:
+            study = synthetic_study(args.trials, folder / "run" if args.sqlite else None)
+            print(f"synthetic study of {args.trials} trials made in "
+                  f"{time.perf_counter() - start:.1f} s "
+                  f"({'SQLite run folder' if args.sqlite else 'in memory'})")
 
         start = time.perf_counter()
         if args.sqlite:  # a fresh process's view: nothing cached

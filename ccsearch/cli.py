@@ -18,6 +18,7 @@ from ccsearch.arch.resolve import resolve_spec
 from ccsearch.errors import UserError
 from ccsearch.layers import ROUTING_ACTIVATIONS
 from ccsearch.madds import CONVENTIONS, MaddsReport, count_madds, format_madds
+from ccsearch.validate import positive_int
 
 CONVENTION_NOTES = {
     "paper": "paper convention: conv + linear + CondConv kernel mixing + routing FC; "
@@ -161,11 +162,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     check_device(args.device)
     if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be a positive integer, got {args.threads}")
+        positive_int("--threads", args.threads)
         torch.set_num_threads(args.threads)
-    if args.repeats < 1:
-        raise UserError(f"--repeats must be a positive integer, got {args.repeats}")
+    if args.repeats is not None:
+        positive_int("--repeats", args.repeats)
     trial = _trial_to_reproduce(args) if args.from_trial else None
     if trial is not None:
         spec, proxy, data_arg, seeds = trial.spec, trial.proxy, args.data or trial.data, trial.seeds
@@ -173,8 +173,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.model is None:
             raise UserError("ccsearch train needs MODEL (a backbone or spec .json), or --from-trial RUN N")
         spec = resolve_spec(args.model, args.condconv, args.experts, args.routing, args.width)
-        proxy = get_proxy(args.proxy, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
-        data_arg, seeds = args.data, [args.seed + r for r in range(args.repeats)]
+        proxy = get_proxy(args.proxy or "smoke", epochs=args.epochs, batch_size=args.batch_size,
+                          lr=args.lr)
+        seed = args.seed or 0
+        data_arg, seeds = args.data, [seed + r for r in range(args.repeats or 1)]
     if args.resume_from and len(seeds) > 1:
         raise UserError("--resume-from continues one training: it does not take --repeats")
     data = load_proxy_data(proxy, data_arg)
@@ -259,9 +261,9 @@ def _trial_to_reproduce(args: argparse.Namespace):
         raise UserError("--from-trial takes the trial's architecture: drop MODEL and the "
                         "--condconv/--experts/--routing/--width options")
     for name in ("proxy", "epochs", "batch_size", "lr"):
-        if getattr(args, name) not in (None, "smoke"):
+        if getattr(args, name) is not None:
             raise UserError(f"--from-trial takes the study's proxy: drop --{name.replace('_', '-')}")
-    if args.seed != 0 or args.repeats != 1:
+    if args.seed is not None or args.repeats is not None:
         raise UserError("--from-trial takes the trial's seeds: drop --seed and --repeats")
     if not number.isdigit():
         raise UserError(f"--from-trial {folder} {number!r}: N must be a trial number")
@@ -366,7 +368,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from ccsearch.results import summary_counts
+    from ccsearch.results import points_over_baseline, summary_counts
     from ccsearch.search import backends, run
     from ccsearch.search.backends.workers import STORAGE_ENV
     from ccsearch.search.storage import shown_url
@@ -446,10 +448,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"Pareto front (top-1 on {proxy.name} proxy vs MADDs, {config.convention} convention):")
         shown = front.assign(
             top1=front["top1"].map("{:.1f}%".format),
+            vs_baseline=front["vs_baseline"].map(lambda d: "" if d != d else f"{d:+.1f}"),
             madds=front["madds"].map(format_madds),
             params=front["params"].map(format_params),
-        )[["trial", "top1", "madds", "params", "condconv", "experts", "routing"]]
+        )[["trial", "reference", "top1", "vs_baseline", "madds", "params", "condconv", "experts",
+           "routing"]]
+        if not front["vs_baseline"].notna().any():
+            shown = shown.drop(columns="vs_baseline")
+        if not (front["reference"] != "").any():
+            shown = shown.drop(columns="reference")
         print(shown.to_string(index=False))
+    if config.sampler == "grid":  # the comparison studies: the paper's tables on this proxy
+        _print_comparisons(table)
+    for _, ref in table[(table["reference"] != "") & table["top1"].notna()].iterrows():
+        over = points_over_baseline(ref)
+        print(f"reference {ref['reference']}: {ref['top1']:.1f}% at {format_madds(ref['madds'])}"
+              + (f", {over}" if over else ""))
     if data.is_smoke_test:
         print(f"note: accuracies are on the {data.source} smoke-test proxy, not ImageNet")
     print(f"\nresults:   {files.results}")
@@ -459,9 +473,31 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         top = files.top
         record = search.records()[int(top["trial"])]
+        over = points_over_baseline(top)
         print(f"best:      {files.best}  (trial {top['trial']}, {top['top1']:.1f}% at "
-              f"{format_madds(top['madds'])}; retrain it: {train_command(out, record)})")
+              f"{format_madds(top['madds'])}{', ' + over if over else ''}; "
+              f"retrain it: {train_command(out, record)})")
     return 0
+
+
+def _print_comparisons(table) -> None:
+    """Proxy top-1 per routing activation, placement or SE choice, as the dashboard's
+    comparison panel shows it."""
+    from ccsearch.results import compared, comparison_summary
+
+    trained = table[(table["status"] == "ok") & table["top1"].notna()]
+    for title, rows in compared(trained).items():
+        summary = comparison_summary(rows)
+        shown = summary.assign(
+            top1=summary["top1"].map("{:.1f}%".format),
+            std=summary["std"].map(lambda s: "" if s != s else f"±{s:.1f}"),
+            madds=summary["madds"].map(format_madds),
+            vs_baseline=summary["vs_baseline"].map(lambda d: "" if d != d else f"{d:+.1f}"),
+        ).rename_axis(title).reset_index()
+        if not summary["vs_baseline"].notna().any():
+            shown = shown.drop(columns="vs_baseline")
+        print(f"\n{title}: mean proxy top-1 of the trained candidates")
+        print(shown.to_string(index=False))
 
 
 def cmd_proxy_check(args: argparse.Namespace) -> int:
@@ -559,23 +595,12 @@ def _export_source(args: argparse.Namespace):
 
     budget = parse_madds(args.budget) if args.budget else None
     if args.storage or Path(args.source, "study.yaml").is_file():
+        from ccsearch.export import trial_provenance
         from ccsearch.results import select_trial
-        from ccsearch.search.storage import shown_url
 
         search = open_run(args.source, args.storage, args.study)
         record = select_trial(search.study, args.trial, budget)
-        provenance = {
-            "study": search.config.name,
-            "storage": shown_url(search.storage_url),
-            "trial": record.number,
-            "seed": record.seed,
-            "proxy": record.proxy,
-            "data": record.data,
-            "proxy_top1": record.top1,
-            "smoke_test": record.smoke_test,
-            "budget": search.config.budget,
-            "references": [],  # the baseline and the paper's design: trained with issue 13
-        }
+        provenance = trial_provenance(search, record)
         return ArchSpec.from_dict(record.spec), provenance
     if args.trial != "best" or budget is not None:
         raise UserError("--trial and --budget choose from a run folder; MODEL is exported as given")
@@ -687,15 +712,23 @@ RESULT_FORMATS = ("table", "csv", "json", "parquet")
 
 def _shown_table(table):
     """The results as a person reads them: units, one decimal, the long columns left out."""
-    def pct(x):
-        return "" if x != x else f"{x:.1f}%"  # NaN: not trained to the end
+    import pandas as pd
 
+    def pct(x):
+        return "" if pd.isna(x) else f"{x:.1f}%"  # missing: not trained to the end
+
+    def madds(m):
+        return "" if pd.isna(m) else format_madds(m)
+
+    with_cc = table["condconv"] != "-"
     return table.assign(
         top1=[pct(t) + (f" ±{s:.1f}" if s == s else "") for t, s in
               zip(table["top1"], table["top1_std"], strict=True)],
+        vs_baseline=table["vs_baseline"].map(lambda d: "" if pd.isna(d) else f"{d:+.1f}"),
         last_top1=table["last_top1"].map(pct),
-        madds=table["madds"].map(lambda m: "" if m is None or m != m else format_madds(m)),
-        params=table["params"].map(lambda n: "" if n is None or n != n else format_params(n)),
+        madds=table["madds"].map(madds),
+        moe_madds=table["moe_madds"].where(with_cc).map(madds),  # only CondConv has experts
+        params=table["params"].map(lambda n: "" if pd.isna(n) else format_params(n)),
         wall_time=table["wall_time"].map("{:.1f}s".format),
     ).drop(columns=["state", "top1_std", "budget", "train_time", "seed", "digest", "retrain"])
 
@@ -821,7 +854,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(p, optional=True)
     p.add_argument("--from-trial", nargs=2, metavar=("RUN", "N"),
                    help="retrain trial N of the run folder RUN exactly as it was trained")
-    p.add_argument("--proxy", default="smoke",
+    p.add_argument("--proxy",  # None, not "smoke": --from-trial refuses any explicit --proxy
                    help=f"proxy preset ({presets}) or .yaml file (default smoke)")
     p.add_argument(
         "--data", help="data source, PATH (format detected) or SOURCE=PATH; default: the proxy's"
@@ -831,9 +864,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="override the proxy's peak learning rate")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument(
-        "--seed", type=int, default=0, help="seed of the initialisation and data order (default 0)"
+        "--seed", type=int, help="seed of the initialisation and data order (default 0)"
     )
-    p.add_argument("--repeats", type=int, default=1,
+    p.add_argument("--repeats", type=int,
                    help="train with seeds SEED, SEED+1, ...: mean and std of top-1 (default 1)")
     p.add_argument("--threads", type=int,
                    help="torch threads (CPU results depend on it; default: torch's own)")
@@ -912,7 +945,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a run's chosen architecture (or MODEL) as model files")
     p.add_argument("source", metavar="RUN|MODEL",
                    help="a run folder (runs/<study>), or a backbone / spec .json file")
-    p.add_argument("--trial", default="best", help="best (default) or a trial number")
+    p.add_argument("--trial", default="best",
+                   help="best (default), a trial number, or a reference of the study (baseline, paper)")
     p.add_argument("--budget", help="best under this MADD budget (may be tighter than the study's)")
     p.add_argument("--storage", help="the study's storage URL instead of a run folder (with --study)")
     p.add_argument("--study", help="the study's name in --storage")

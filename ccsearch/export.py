@@ -29,8 +29,9 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -40,6 +41,10 @@ from ccsearch.errors import UserError
 from ccsearch.layers import CondConv2d
 from ccsearch.madds import count_madds
 from ccsearch.provenance import versions
+
+if TYPE_CHECKING:
+    from ccsearch.search.record import TrialRecord
+    from ccsearch.search.run import SearchRun
 
 FORMAT = "ccsearch-export-1"
 MAX_BATCH = 4096  # the dynamic batch dimension's upper bound in model.pt2 / model.onnx
@@ -107,6 +112,40 @@ def export_model(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def trial_provenance(search: SearchRun, record: TrialRecord) -> dict[str, Any]:
+    """Where an exported trial comes from, for ``arch.json``: its study, trial, seed and
+    proxy top-1, and the study's references (baseline, the paper's design) on the same
+    proxy, each with its points over the baseline."""
+    from ccsearch.results import trials_table
+    from ccsearch.search.storage import shown_url
+
+    table = trials_table(search.study)
+    refs = table[(table["reference"] != "") & (table["status"] == "ok")]
+    row = table[table["trial"] == record.number].iloc[0]
+    return {
+        "study": search.config.name,
+        "storage": shown_url(search.storage_url),
+        "trial": record.number,
+        "reference": record.reference,
+        "seed": record.seed,
+        "seeds": record.seeds,
+        "proxy": record.proxy,
+        "data": record.data,
+        "data_checksum": record.data_checksum,
+        "proxy_top1": record.top1,
+        "proxy_top1_std": record.top1_std,
+        "vs_baseline": None if pd.isna(row["vs_baseline"]) else float(row["vs_baseline"]),
+        "smoke_test": record.smoke_test,
+        "budget": search.config.budget,
+        "references": [
+            {"name": r["reference"], "trial": int(r["trial"]), "proxy_top1": float(r["top1"]),
+             "madds": int(r["madds"]),
+             "vs_baseline": None if pd.isna(r["vs_baseline"]) else float(r["vs_baseline"])}
+            for _, r in refs.iterrows()
+        ],
+    }
 
 
 def load(path: str | Path) -> nn.Module:

@@ -7,14 +7,19 @@ so results work the same whichever backend or machine ran the trials.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 
 from ccsearch.errors import UserError
 from ccsearch.madds import format_madds
-from ccsearch.search.record import Status, TrialRecord, read_all
+from ccsearch.search.bulk_read import all_trials
+from ccsearch.search.record import Status, TrialRecord, read
+
+BASELINE = "baseline"  # the reference name the shipped studies give the backbone alone
 
 COLUMNS = [
     "trial",
@@ -23,8 +28,10 @@ COLUMNS = [
     "reference",  # the study's name for a reference candidate (baseline, paper), else ""
     "top1",  # proxy top-1 (%) of a candidate trained to the end (mean of its seeds)
     "top1_std",  # over its training seeds, when the study trains several
+    "vs_baseline",  # top1 minus the trained ``baseline`` reference's, in points
     "last_top1",  # top-1 at the last epoch run: where a pruned candidate stopped
     "madds",
+    "moe_madds",  # the same network with each CondConv layer as E separate convolutions
     "budget",
     "params",
     "condconv",  # the CondConv block groups, then per group its experts and routing
@@ -46,7 +53,7 @@ COLUMNS = [
 def trials_table(study: optuna.Study, folder: Path | None = None) -> pd.DataFrame:
     """One row per trial, in trial order; with the run ``folder``, the ``retrain`` column
     holds the command that retrains each trained trial exactly."""
-    return records_table(read_all(study), folder)
+    return records_table([read(t) for t in all_trials(study)], folder)
 
 
 def records_table(records: list[TrialRecord], folder: Path | None = None) -> pd.DataFrame:
@@ -66,8 +73,10 @@ def records_table(records: list[TrialRecord], folder: Path | None = None) -> pd.
                 "reference": r.reference,
                 "top1": r.top1 if r.status == Status.OK else None,
                 "top1_std": r.top1_std if r.status == Status.OK else None,
+                "vs_baseline": None,
                 "last_top1": r.curve[-1] if r.curve else None,
                 "madds": r.madds if r.spec else None,
+                "moe_madds": r.moe_madds or None,  # 0: recorded before ccsearch counted it
                 "budget": r.budget or None,
                 "params": r.params if r.spec else None,
                 "condconv": ",".join(map(str, cc)) or "-",
@@ -87,8 +96,28 @@ def records_table(records: list[TrialRecord], folder: Path | None = None) -> pd.
         )
     table = pd.DataFrame(rows, columns=COLUMNS)
     # Typed whatever the first rows hold: None reads as missing, counts stay integers.
-    return table.astype({"top1": float, "top1_std": float, "last_top1": float,
-                         "madds": "Int64", "budget": "Int64", "params": "Int64"})
+    table = table.astype({"top1": float, "top1_std": float, "vs_baseline": float,
+                          "last_top1": float, "madds": "Int64", "moe_madds": "Int64",
+                          "budget": "Int64", "params": "Int64"})
+    baseline = baseline_top1(table)
+    if baseline is not None:
+        table["vs_baseline"] = table["top1"] - baseline
+    return table
+
+
+def baseline_top1(table: pd.DataFrame) -> float | None:
+    """Proxy top-1 of the study's ``baseline`` reference (the backbone without CondConv),
+    or None until it is trained: what every result's "+x.x points" is measured against."""
+    rows = table[(table["reference"] == BASELINE) & table["top1"].notna()]
+    return float(rows["top1"].iloc[0]) if not rows.empty else None
+
+
+def points_over_baseline(row: pd.Series) -> str:
+    """``+1.2 points over the baseline``, or "" where there is no trained baseline."""
+    value = row.get("vs_baseline")
+    if value is None or pd.isna(value) or row.get("reference") == BASELINE:
+        return ""
+    return f"{value:+.1f} points over the baseline"
 
 
 def table_json(table: pd.DataFrame) -> str:
@@ -126,16 +155,65 @@ def best_on_front(front: pd.DataFrame) -> pd.Series | None:
     return front.sort_values(["top1", "madds"], ascending=[False, True]).iloc[0]
 
 
+def _routing_key(table: pd.DataFrame) -> pd.Series:
+    """The routing activations a candidate uses ("sigmoid", "relu/sigmoid"); none: NaN."""
+    names = {v: "/".join(sorted(set(v.split(",")))) for v in table["routing"].unique() if v != "-"}
+    return table["routing"].map(names)
+
+
+def _se_key(table: pd.DataFrame) -> pd.Series:
+    se, cc = table["se"] != "-", table["condconv"] != "-"
+    kinds = np.select([se & cc, se, cc], ["SE + CondConv", "SE", "CondConv"], "baseline")
+    return pd.Series(kinds, index=table.index)
+
+
+# The paper's comparisons: what each trained candidate is, for each of them.
+COMPARISONS: dict[str, Callable[[pd.DataFrame], pd.Series]] = {
+    "routing activation": _routing_key,
+    "CondConv placement (block groups)": lambda t: t["condconv"].replace("-", "none"),
+    "SE vs CondConv": _se_key,
+}
+
+
+def compared(trained: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per comparison whose trained candidates differ (at least two kinds), those rows with
+    their kind in ``key``; a routing comparison leaves out candidates without CondConv."""
+    shown = {}
+    for title, key in COMPARISONS.items():
+        keys = key(trained)
+        if keys.nunique() >= 2:  # NaN (no CondConv for a routing comparison) not counted
+            shown[title] = trained.assign(key=keys).dropna(subset=["key"])
+    return shown
+
+
+def comparison_summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per kind of a comparison (``compared``): mean and spread of the proxy top-1
+    over its trials, their number, the mean MADDs and the points over the baseline."""
+    grouped = rows.groupby("key", sort=True)
+    return pd.DataFrame({
+        "top1": grouped["top1"].mean(),
+        "std": grouped["top1"].std(),  # NaN for a single trial
+        "trials": grouped["top1"].count(),
+        "madds": grouped["madds"].apply(lambda m: m.astype(float).mean()),
+        "vs_baseline": grouped["vs_baseline"].mean(),
+    })
+
+
 def summary_counts(table: pd.DataFrame) -> dict[str, int]:
     return {status: int(n) for status, n in table["status"].value_counts().items()}
 
 
 def select_trial(study: optuna.Study, which: str, budget: int | None = None) -> TrialRecord:
     """``best`` (the most accurate trained candidate on the feasible front, under
-    ``budget`` when given) or a trial number, which must be a trained candidate."""
-    records = read_all(study)
+    ``budget`` when given), a trial number or a reference's name (``baseline``, ``paper``),
+    which must be a trained candidate."""
+    records = [read(t) for t in all_trials(study)]
+    references = sorted({r.reference for r in records if r.reference})
+    if which in references:  # a retried reference: its trained trial
+        named = [r for r in records if r.reference == which]
+        which = str(next((r for r in named if r.status == Status.OK), named[-1]).number)
     if which == "best":
-        front = pareto_front(trials_table(study))
+        front = pareto_front(records_table(records))
         if budget is not None:
             front = front[front["madds"] <= budget]
         top = best_on_front(front)
@@ -144,7 +222,8 @@ def select_trial(study: optuna.Study, which: str, budget: int | None = None) -> 
             raise UserError(f"study {study.study_name!r} has no trained candidate{under}")
         return records[int(top["trial"])]
     if not which.isdigit():
-        raise UserError(f"--trial {which!r}: use best or a trial number")
+        named = f", or a reference: {', '.join(references)}" if references else ""
+        raise UserError(f"--trial {which!r}: use best or a trial number{named}")
     number = int(which)
     if number >= len(records):
         raise UserError(f"--trial {number}: the study has trials 0 to {len(records) - 1}")

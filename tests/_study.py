@@ -95,6 +95,8 @@ def reference_runs(tmp: Path) -> tuple[Path, Path]:
     first epoch: pruning itself is tested in test_policy.py).  The second folder is a copy
     of the first, for several-run dashboards.
     """
+    import contextlib
+    import io
     import shutil
     from dataclasses import replace
 
@@ -105,8 +107,11 @@ def reference_runs(tmp: Path) -> tuple[Path, Path]:
     write_tiny_study(tmp, sampler="grid", trials=1, space=THREE_ARCHITECTURES, budget="42.5M")
     with open(tmp / "study.yaml", "a") as f:
         f.write("repeats: 2\nreferences:\n  baseline: {model: mobilenet_v1, width: 0.25}\n")
-    assert main(["run", "--study", str(tmp / "study.yaml"), "--out", str(tmp / "run"),
-                 "--quiet"]) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["run", "--study", str(tmp / "study.yaml"), "--out", str(tmp / "run"),
+                     "--quiet"]) == 0
+    (tmp / "run_output.txt").write_text(printed.getvalue())  # what `ccsearch run` printed
     search = run.open_folder(tmp / "run")
     trained = [r for r in search.records() if r.status == Status.OK and not r.reference]
     pruned = replace(trained[0], status=Status.PRUNED, top1=None, curve=trained[0].curve[:1],

@@ -179,3 +179,30 @@ def test_latency_compares_with_the_backbone_in_one_run(capsys):
     madds_ratio = count_madds(spec).madds / count_madds(get_backbone("mobilenet_v1", 0.25)).madds
     assert all(r[4] == f"{madds_ratio:.3f}x" for r in rows)
     assert main(["latency", "mobilenet_v1", "--batch", "0"]) == 2
+
+
+def test_export_a_reference_by_name_with_the_references_top1(tiny_runs, tmp_path, capsys):
+    """``--trial baseline`` exports the study's reference; every export's arch.json gives
+    the references' proxy top-1 on the same proxy, and its own points over the baseline."""
+    records = read_all(search_run.open_folder(tiny_runs[0]).study)
+    baseline = next(r for r in records if r.reference == "baseline" and r.status == Status.OK)
+    out = tmp_path / "baseline"
+    assert main(["export", str(tiny_runs[0]), "--trial", "baseline", "-o", str(out)]) == 0
+    meta = json.loads((out / "arch.json").read_text())
+    assert meta["spec"] == baseline.spec and meta["provenance"]["trial"] == baseline.number
+    assert meta["provenance"]["reference"] == "baseline"
+    assert meta["provenance"]["vs_baseline"] == 0.0
+    assert meta["provenance"]["references"] == [
+        {"name": "baseline", "trial": baseline.number, "proxy_top1": baseline.top1,
+         "madds": baseline.madds, "vs_baseline": 0.0}]
+
+    other = next(r for r in records if r.status == Status.OK and not r.reference)
+    assert main(["export", str(tiny_runs[0]), "--trial", str(other.number), "-o",
+                 str(tmp_path / "other")]) == 0
+    meta = json.loads((tmp_path / "other" / "arch.json").read_text())
+    assert meta["provenance"]["vs_baseline"] == pytest.approx(other.top1 - baseline.top1)
+    assert meta["provenance"]["references"][0]["name"] == "baseline"
+
+    assert main(["export", str(tiny_runs[0]), "--trial", "paper", "-o", str(tmp_path / "p")]) == 2
+    assert "use best or a trial number, or a reference: baseline" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()

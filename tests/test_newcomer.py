@@ -170,6 +170,20 @@ def test_a_run_with_no_cluster_to_join_leaves_nothing(capsys, tmp_path, monkeypa
     assert list(out.iterdir()) == []
 
 
+def test_an_address_where_nothing_listens_is_one_line_not_a_hang(capsys, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "D"
+    assert_error(cli(capsys, "run", "--backend", "ray", "--address", f"127.0.0.1:{port}",
+                     "--trials", "1", "--out", str(out), "--quiet"),
+                 f"cannot join the Ray cluster at '127.0.0.1:{port}': nothing answers there",
+                 f"ray start --head --port={port}")
+    assert not out.exists()
+
+
 @NO_GPU
 def test_gpus_per_trial_without_a_gpu_leaves_nothing(capsys, tmp_path):
     out = tmp_path / "D"

@@ -45,15 +45,16 @@ def test_a_trial_retrains_to_its_recorded_top1_exactly(capsys, tmp_path):
     assert f"{other} threads, the trial ran on {record.threads}" in err
 
 
-def test_from_trial_refuses_what_it_cannot_reproduce(capsys, tmp_path):
-    files = write_tiny_study(tmp_path, sampler="grid", trials=1, space=THREE_ARCHITECTURES,
-                             budget="44M")
-    assert _run(capsys, files)[0] == 0
-    run = str(files / "run")
-    assert_error(cli(capsys, "train", "--from-trial", run, "9"), "the study has trials 0 to")
+def test_from_trial_refuses_what_it_cannot_reproduce(capsys, tmp_path, tiny_runs):
+    run = str(tiny_runs[0])  # a real run; nothing here trains
+    assert_error(cli(capsys, "train", "--from-trial", run, "99"), "the study has trials 0 to")
     assert_error(cli(capsys, "train", "--from-trial", run, "x"), "N must be a trial number")
     assert_error(cli(capsys, "train", "mobilenet_v1", "--from-trial", run, "0"), "drop MODEL")
     assert_error(cli(capsys, "train", "--from-trial", run, "0", "--seed", "3"), "drop --seed")
+    # The options' defaults given explicitly are still options the trial does not take.
+    assert_error(cli(capsys, "train", "--from-trial", run, "0", "--seed", "0"), "drop --seed")
+    assert_error(cli(capsys, "train", "--from-trial", run, "0", "--repeats", "1"), "drop --seed")
+    assert_error(cli(capsys, "train", "--from-trial", run, "0", "--proxy", "smoke"), "drop --proxy")
     assert_error(cli(capsys, "train", "--from-trial", str(tmp_path), "0"), "is not a run folder")
     assert_error(cli(capsys, "train"), "needs MODEL")
 

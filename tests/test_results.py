@@ -153,6 +153,9 @@ def test_results_json_pareto_is_the_brute_force_front_ties_included(tmp_path, ca
     assert {r["reference"] for r in rows} == {"", "baseline", "paper"}
     pruned = next(r for r in rows if r["status"] == "pruned")
     assert pruned["top1"] is None and pruned["last_top1"] is not None
+    for r in rows:  # every trained result against the baseline's 51.0%
+        expected = None if r["top1"] is None else r["top1"] - 51.0
+        assert r["vs_baseline"] == (pytest.approx(expected) if expected is not None else None)
 
 
 def test_results_of_a_real_run_json_and_parquet_round_trip(tiny_runs, tmp_path, capsys):
@@ -175,6 +178,32 @@ def test_results_of_a_real_run_json_and_parquet_round_trip(tiny_runs, tmp_path, 
     assert baseline["top1_std"] == pytest.approx(statistics.stdev(record.seed_top1))
     assert baseline["top1"] == pytest.approx(statistics.fmean(record.seed_top1))
     assert baseline["condconv"] == "-"
+    assert baseline["vs_baseline"] == 0.0 and baseline["moe_madds"] == baseline["madds"]
+    from ccsearch.arch import ArchSpec
+    from ccsearch.madds import format_madds, moe_equivalent_madds
+
+    records = read_all(run.open_folder(tiny_runs[0]).study)
+    condconv = [r for r in rows if r["condconv"] != "-" and r["status"] == "ok"]
+    assert condconv
+    for r in condconv:
+        assert r["vs_baseline"] == pytest.approx(r["top1"] - baseline["top1"])
+        spec = ArchSpec.from_dict(records[r["trial"]].spec)
+        assert r["moe_madds"] == moe_equivalent_madds(spec) > r["madds"]
+    printed = (tiny_runs[0].parent / "run_output.txt").read_text()
+    assert f"reference baseline: {baseline['top1']:.1f}% at {format_madds(baseline['madds'])}\n" in printed
+    # A grid study compares: here the placement (layer 12 against none, the baseline).
+    compared = printed.split("CondConv placement (block groups): mean proxy top-1 of the "
+                             "trained candidates\n")[1].splitlines()
+    for r in [baseline, *condconv]:
+        kind = "none" if r["condconv"] == "-" else r["condconv"]
+        line = next(line for line in compared if line.split()[0] == kind)
+        assert f"{r['top1']:.1f}%" in line and f"{r['vs_baseline']:+.1f}" in line
+    best = printed.split("best:")[1]
+    top = rows[int(best.split("(trial ")[1].split(",")[0])]
+    if top["reference"] == "baseline":  # nothing to measure the baseline against
+        assert "points over" not in best
+    else:
+        assert f"{top['vs_baseline']:+.1f} points over the baseline; retrain it:" in best
 
     table = trials_table(run.open_folder(tiny_runs[0]).study, tiny_runs[0])
     assert rows[baseline["trial"]]["retrain"] == (

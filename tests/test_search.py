@@ -23,7 +23,7 @@ from _study import (
     write_tiny_study,
 )
 
-from ccsearch.arch import ArchSpec
+from ccsearch.arch import ArchSpec, get_backbone
 from ccsearch.cli import main
 from ccsearch.errors import UserError
 from ccsearch.madds import count_madds
@@ -53,6 +53,11 @@ def test_shipped_studies_reproduce_the_papers_experiments():
                  "mobilenet_v1_se_vs_condconv", "resnet50_experts_grid"):
         config = load_study_config(name)
         assert config.space().backbone in ("mnasnet_a1", "mobilenet_v1", "resnet50")
+        baseline = config.reference_specs()["baseline"]  # every result is read against it
+        assert baseline.to_dict()["groups"] == get_backbone(config.space().backbone).scale_width(
+            max(config.space().width)).to_dict()["groups"]
+        assert not any(g.experts for g in baseline.groups)
+        assert count_madds(baseline).madds <= config.budget
     assert load_study_config("mnasnet_a1_325m").budget == 325_000_000
     assert load_search_space("mobilenet_v1_routing").grid() == {"routing": ["relu", "tanh", "sigmoid", "softmax"]}
     assert set(load_search_space("mobilenet_v1_se_vs_condconv").grid()) == {"se", "condconv"}
@@ -125,7 +130,10 @@ def test_run_user_errors_leave_nothing_behind(study_files, capsys):
     other = f"sqlite:///{study_files / 'other.db'}"
     assert main(["run", "--study", str(study_files / "study.yaml"), "--resume", "--out", str(out),
                  "--storage", other]) == 2
-    assert "no study named 'tiny'" in capsys.readouterr().err
+    assert f"no storage at {other!r}" in capsys.readouterr().err
+    assert not (study_files / "other.db").exists(), "resume never creates a storage"
+    assert main(["results", "--storage", other, "--study", "tiny"]) == 2
+    assert not (study_files / "other.db").exists(), "nor does a reader"
     assert not out.exists()
 
 

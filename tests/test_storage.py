@@ -118,3 +118,48 @@ def test_import_leaves_optuna_logging_alone():
         "import ccsearch.search.storage; assert optuna.logging.get_verbosity() == v"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bulk_read_equals_optunas_read_of_a_real_study(tiny_runs, tmp_path):
+    """``all_trials`` (one pass of SQL, for tables and dashboards) returns exactly what
+    Optuna's ``get_trials`` does: a real run's trials, plus hand-made ones with every kind
+    of value Optuna stores (infinities, intermediate values, failed, running, waiting)."""
+    import math
+    import shutil
+
+    import optuna
+
+    from ccsearch.search import run
+    from ccsearch.search.bulk_read import all_trials
+
+    shutil.copytree(tiny_runs[0], tmp_path / "run")
+    study = run.open_folder(tmp_path / "run").study
+    dists = {"x": optuna.distributions.FloatDistribution(0.0, 1.0, log=False),
+             "n": optuna.distributions.IntDistribution(1, 64, log=True),
+             "c": optuna.distributions.CategoricalDistribution(["relu", None, 3, 1.5])}
+    study.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.COMPLETE, values=[math.inf, -math.inf],
+        params={"x": 0.25, "n": 8, "c": None}, distributions=dists,
+        intermediate_values={0: 1.5, 3: -math.inf, 7: math.nan},
+        user_attrs={"nested": {"a": [1, 2.5, None]}}, system_attrs={"kept_as": 3}))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL,
+                                              params={"c": 3}, distributions={"c": dists["c"]}))
+    study.enqueue_trial({"x": 0.5})
+    study.ask()  # the enqueued trial, now running
+    study.enqueue_trial({"c": "relu"})  # waiting
+
+    fresh = run.open_folder(tmp_path / "run").study  # nothing cached in either read
+    mine = all_trials(fresh)
+    theirs = run.open_folder(tmp_path / "run").study.get_trials(deepcopy=False)
+    assert len(mine) == len(theirs) > 5
+    for a, b in zip(mine, theirs, strict=True):
+        nan = {k for k, v in b.intermediate_values.items() if v != v}
+        assert {k for k, v in a.intermediate_values.items() if v != v} == nan
+        for t in (a, b):
+            for k in nan:
+                t.intermediate_values.pop(k)
+        assert a == b, f"trial {b.number} read differently"
+    assert [t.number for t in mine] == list(range(len(mine)))
+    made = next(t for t in mine if "nested" in t.user_attrs)
+    assert made.intermediate_values == {0: 1.5, 3: -math.inf} and made.values == [math.inf, -math.inf]
+    assert [t.state.name for t in mine[-3:]] == ["FAIL", "RUNNING", "WAITING"]

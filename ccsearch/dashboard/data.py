@@ -14,6 +14,7 @@ import optuna
 import pandas as pd
 
 from ccsearch.results import best_on_front, pareto_front, records_table
+from ccsearch.search.bulk_read import all_trials
 from ccsearch.search.record import Status, TrialRecord, read
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
@@ -65,7 +66,7 @@ def load_run(study: optuna.Study, name: str | None = None, folder: Path | None =
     """Read ``study`` once.  Its budget and space come from the study's user attributes,
     which ``ccsearch.search.run.create`` writes; ``folder`` (the run folder) gives each
     trained trial its retrain command."""
-    trials = study.get_trials(deepcopy=False)
+    trials = all_trials(study)
     records = [read(t) for t in trials]
     table = records_table(records, folder)
     return RunData(name or study.study_name, study, trials, records, table, pareto_front(table))

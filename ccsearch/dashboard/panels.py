@@ -24,6 +24,7 @@ from ccsearch.dashboard.costs import group_costs, moe_madds
 from ccsearch.dashboard.data import RunData
 from ccsearch.dashboard.published import published_top1
 from ccsearch.madds import format_madds
+from ccsearch.results import BASELINE, compared
 from ccsearch.search.record import Status
 
 GREY, RED, GREEN, AMBER, TEAL = "#9aa5b1", "#d1495b", "#66a182", "#edae49", "#00798c"
@@ -31,8 +32,9 @@ PALETTE = ["#d1495b", "#00798c", "#edae49", "#30638e", "#66a182", "#8d96a3", "#6
 NEAR_ZERO = 0.05  # the routing statistics' "close to 0"
 
 LAYOUT_HOVER = ("trial %{customdata[0]}%{customdata[4]}<br>CondConv groups %{customdata[1]}"
-                "<br>experts %{customdata[2]}<br>routing %{customdata[3]}%{customdata[5]}")
-HOVER_COLUMNS = ["trial", "condconv", "experts", "routing", "reference", "retrain"]
+                "<br>experts %{customdata[2]}<br>routing %{customdata[3]}%{customdata[6]}"
+                "%{customdata[5]}")
+HOVER_COLUMNS = ["trial", "condconv", "experts", "routing", "reference", "retrain", "vs_baseline"]
 
 
 def empty(message: str) -> go.Figure:
@@ -53,6 +55,8 @@ def _hover(rows: pd.DataFrame) -> np.ndarray:
     data = rows[HOVER_COLUMNS].astype(object).to_numpy()
     data[:, 4] = [f" ({r})" if r else "" for r in data[:, 4]]  # the reference's name
     data[:, 5] = [f"<br>retrain: {c}" if c else "" for c in data[:, 5]]
+    data[:, 6] = ["" if d is None or d != d or r == BASELINE else f"<br>{d:+.1f} points over the baseline"
+                  for d, r in zip(rows["vs_baseline"], rows["reference"], strict=True)]
     return data
 
 
@@ -386,35 +390,12 @@ def curves(runs: list[RunData]) -> go.Figure:
 # ---- study comparison (paper.yaml) -------------------------------------------------------
 
 
-def _routing_key(table: pd.DataFrame) -> pd.Series:
-    """The routing activations a candidate uses ("sigmoid", "relu/sigmoid"); none: NaN."""
-    names = {v: "/".join(sorted(set(v.split(",")))) for v in table["routing"].unique() if v != "-"}
-    return table["routing"].map(names)
-
-
-def _se_key(table: pd.DataFrame) -> pd.Series:
-    se, cc = table["se"] != "-", table["condconv"] != "-"
-    kinds = np.select([se & cc, se, cc], ["SE + CondConv", "SE", "CondConv"], "baseline")
-    return pd.Series(kinds, index=table.index)
-
-
-COMPARISONS: dict[str, Callable[[pd.DataFrame], pd.Series]] = {
-    "routing activation": _routing_key,
-    "CondConv placement (block groups)": lambda t: t["condconv"].replace("-", "none"),
-    "SE vs CondConv": _se_key,
-}
-
-
 def comparison(runs: list[RunData]) -> go.Figure:
     """Proxy top-1 per routing activation, per placement, SE vs CondConv: bars of the mean
     with every trial as a point; the paper's ImageNet figures only in the side table."""
     run = runs[0]
     trained = run.trained
-    shown = {}
-    for title, key in COMPARISONS.items():
-        keys = key(trained)
-        if keys.nunique() >= 2:  # NaN (no CondConv for a routing comparison) not counted
-            shown[title] = trained.assign(key=keys).dropna(subset=["key"])
+    shown = compared(trained)
     rows = max(len(shown), 1)
     specs = [[{"type": "xy"}, {"type": "table", "rowspan": rows} if i == 0 else None]
              for i in range(rows)]

@@ -13,11 +13,12 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import optuna
 
 from ccsearch.arch import ArchSpec, spec_digest
-from ccsearch.madds import count_madds
+from ccsearch.madds import MaddsReport, count_madds, moe_equivalent_madds
 from ccsearch.search import policy
 from ccsearch.search import record as rec
 from ccsearch.search.pruners import Pruner, finished_curves
@@ -31,6 +32,11 @@ from ccsearch.train import TrainResult, train_repeated
 # A study with ``repeats`` > 1 calls it once per seed (``train_repeated``).
 Trainer = Callable[[ArchSpec, int, Callable[[int, float], bool]], TrainResult]
 _RESULT_STATUS = {"ok": Status.OK, "diverged": Status.DIVERGED, "pruned": Status.PRUNED}
+
+
+def measured_on(proxy: str, data: str, smoke_test: bool, device: str) -> dict[str, Any]:
+    """The record fields every backend knows before training: how accuracy is measured."""
+    return {"proxy": proxy, "data": data, "smoke_test": smoke_test, "device": device}
 
 
 @dataclass
@@ -57,7 +63,7 @@ class Evaluator:
     # Called first on Ctrl-C: a storage call it broke may hold a transaction (and SQLite's
     # lock) open, which the records written next would wait on.
     on_interrupt: Callable[[], None] | None = None
-    _counted: dict = field(default_factory=dict, repr=False)  # digest -> MaddsReport
+    _counted: dict = field(default_factory=dict, repr=False)  # digest -> (report, MoE MADDs)
     _reference_specs: dict | None = field(default=None, repr=False)
 
     # ---- the steps ----------------------------------------------------------------------
@@ -80,7 +86,7 @@ class Evaluator:
             spec = self.space.sample(trial, suggest_all=self.config.sampler == "grid")
         c.spec = spec
         record.spec, record.digest = spec.to_dict(), spec_digest(spec)
-        report = self._count(spec, record.digest)
+        report, record.moe_madds = self._count(spec, record.digest)
         record.madds, record.params = report.madds, report.params
         record.group_madds, record.convention = [g.madds for g in report.groups], report.convention
         # Feasible when <= 0; NSGA-II and TPE rank infeasible candidates below feasible ones.
@@ -175,10 +181,13 @@ class Evaluator:
 
     # ---- helpers ------------------------------------------------------------------------
 
-    def _count(self, spec: ArchSpec, digest: str):
-        """MADDs of an architecture, counted once per process (samplers repeat themselves)."""
+    def _count(self, spec: ArchSpec, digest: str) -> tuple[MaddsReport, int]:
+        """MADDs of an architecture and of its mixture-of-experts equivalent, counted once
+        per process (samplers repeat themselves; both come from the same cached parts)."""
         if digest not in self._counted:
-            self._counted[digest] = count_madds(spec, convention=self.config.convention)
+            convention = self.config.convention
+            self._counted[digest] = (count_madds(spec, convention=convention),
+                                     moe_equivalent_madds(spec, convention=convention))
         return self._counted[digest]
 
     def _references(self, trial: optuna.Trial) -> dict:

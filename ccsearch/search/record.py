@@ -74,6 +74,7 @@ class TrialRecord:
     madds: int = 0  # at 224px, 1000 classes, in ``convention``
     params: int = 0
     group_madds: list[int] = field(default_factory=list)
+    moe_madds: int = 0  # the same network with each CondConv layer as E separate convolutions
     convention: str = "paper"
     budget: int = 0
     # where it is

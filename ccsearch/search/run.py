@@ -136,7 +136,7 @@ def resume(
     storage_url = storage_url or default_storage(out)
     if storage_url == default_storage(out) and not (out / "study.db").exists():
         raise UserError(f"nothing to resume: {out / 'study.db'} does not exist")
-    storage = open_storage(storage_url, on_stale=recover)
+    storage = open_storage(storage_url, on_stale=recover, must_exist=True)  # never makes one
     try:
         study = optuna.load_study(study_name=config.name, storage=storage)
     except KeyError:
@@ -164,7 +164,7 @@ def resume(
 
 def join(storage_url: str, study_name: str) -> SearchRun:
     """Open an existing study from its storage alone (what ``ccsearch worker`` does)."""
-    storage = open_storage(storage_url, on_stale=recover)
+    storage = open_storage(storage_url, on_stale=recover, must_exist=True)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
@@ -190,7 +190,7 @@ def _joined(study, storage, config: StudyConfig, storage_url: str, out: Path | N
     at random (process ids repeat across containers) and recorded on its trials."""
     space = SearchSpace(**study.user_attrs["space"])
     stream = secrets.randbelow(2**31 - 1) + 1
-    study.sampler = config.make_sampler(space, stream=stream)
+    study.sampler = config.make_sampler(space, seed_stream=stream)
     return SearchRun(study, storage, config, space, storage_url, out, sampler_seed=stream)
 
 

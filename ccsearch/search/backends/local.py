@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ccsearch.data import ProxyData
 from ccsearch.search import policy
 from ccsearch.search.backends import Progress
-from ccsearch.search.objective import Evaluator, Trainer
+from ccsearch.search.objective import Evaluator, Trainer, measured_on
 from ccsearch.search.pruners import make_pruner
 from ccsearch.search.recovery import Heartbeat, ask, reap, release_session
 from ccsearch.search.run import SearchRun
@@ -35,19 +35,19 @@ class InProcess:
             device = resolve_device(self.device)
             data = self.proxy_data or load_proxy_data(proxy, self.data)
             on_device = DeviceData.from_proxy_data(data, device, proxy.max_val_images)
-            measured_on = {"proxy": proxy.name, "data": on_device.description,
-                           "smoke_test": on_device.smoke_test, "device": str(device)}
+            measured = measured_on(proxy.name, on_device.description, on_device.smoke_test,
+                                   str(device))
 
             def trainer(spec, seed, on_epoch):
                 return train_candidate(spec, proxy, on_device, device, on_epoch, seed=seed)
         else:
-            measured_on = {"proxy": proxy.name, "data": "(a given trainer)", "device": "cpu"}
+            measured = measured_on(proxy.name, "(a given trainer)", False, "cpu")
         evaluator = Evaluator(
             search.config,
             search.space,
             make_pruner(search.config.pruner, search.config.startup_trials),
             proxy.epochs,
-            measured_on,
+            measured,
             sampler_seed=search.sampler_seed,
         )
         run_trials(search, evaluator, trainer, progress)

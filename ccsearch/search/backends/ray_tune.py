@@ -32,12 +32,14 @@ from ccsearch.data import ProxyData
 from ccsearch.errors import UserError
 from ccsearch.search import policy
 from ccsearch.search.backends import Progress
-from ccsearch.search.objective import Candidate, Evaluator
+from ccsearch.search.objective import Candidate, Evaluator, measured_on
 from ccsearch.search.pruners import NoPruner
 from ccsearch.search.record import Status, this_process
 from ccsearch.search.recovery import Heartbeat, ask, reap, release_session
 from ccsearch.search.run import MAX_TRIALS_FACTOR, SearchRun
 from ccsearch.train import ProxyConfig, TrainResult
+
+CONNECT_TIMEOUT = 10  # seconds to wait for a cluster head to answer before giving up
 
 
 @dataclass(frozen=True)
@@ -250,10 +252,11 @@ class RayTune:
             # Ray shows a trial only the GPU it assigned, as cuda:0.
             trial_device = "cpu" if gpus == 0 or self.device == "cpu" else "cuda"
             proxy = config.proxy_config()
-            measured_on = {"proxy": proxy.name, "data": self.proxy_data.description,
-                           "smoke_test": self.proxy_data.is_smoke_test, "device": trial_device}
-            evaluator = Evaluator(config, search.space, NoPruner(), proxy.epochs, measured_on,
+            measured = measured_on(proxy.name, self.proxy_data.description,
+                                   self.proxy_data.is_smoke_test, trial_device)
+            evaluator = Evaluator(config, search.space, NoPruner(), proxy.epochs, measured,
                                   sampler_seed=search.sampler_seed)
+            self.proxy_data.checksum()  # hashed once here: Ray trials get it with the data
             driver = _Driver(search, evaluator, progress)
             searcher_class, stopper_class = _tune_classes()
             if config.pruner == "none":
@@ -328,11 +331,27 @@ def _start_ray(address: str | None) -> None:
         if address is None:
             ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         else:
+            _check_listening(address)
             _attach_auth_token()
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as err:
         where = "start a local Ray instance" if address is None else f"join the Ray cluster at {address!r}"
         raise UserError(f"cannot {where}: {str(err).splitlines()[0]}") from None
+
+
+def _check_listening(address: str) -> None:
+    """``ray.init`` waits without end on a HOST:PORT where nothing listens: ask first."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return  # "auto", or a form Ray resolves itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT).close()
+    except OSError as err:
+        raise UserError(f"cannot join the Ray cluster at {address!r}: nothing answers there "
+                        f"({err.strerror or err}); start its head with "
+                        f"`ray start --head --port={port}`") from None
 
 
 def _attach_auth_token() -> None:

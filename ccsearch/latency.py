@@ -17,6 +17,7 @@ from torch.utils import benchmark
 from ccsearch.arch import ArchSpec, build_model
 from ccsearch.errors import UserError
 from ccsearch.madds import count_madds
+from ccsearch.validate import at_least
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,7 @@ def measure_latency(spec: ArchSpec, batches=(1, 32), device: str = "cpu", thread
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device}: no CUDA device is available here")
     if threads is not None:
-        if threads < 1:
-            raise UserError(f"--threads must be >= 1, got {threads}")
+        at_least("--threads", threads, 1)
         torch.set_num_threads(threads)
     base_spec = without_condconv(spec)
     madds_ratio = count_madds(spec).madds / count_madds(base_spec).madds
@@ -51,8 +51,7 @@ def measure_latency(spec: ArchSpec, batches=(1, 32), device: str = "cpu", thread
     baseline = build_model(base_spec).eval().to(device)
     rows = []
     for batch in batches:
-        if batch < 1:
-            raise UserError(f"--batch sizes must be >= 1, got {batch}")
+        at_least("--batch sizes", batch, 1)
         x = torch.randn(batch, 3, 224, 224, device=device)
         times = {"model": [], "baseline": []}
         with torch.inference_mode():

@@ -44,6 +44,7 @@ from torch import nn
 from ccsearch.arch import ArchSpec, CondConvNet, build_model
 from ccsearch.errors import UserError
 from ccsearch.layers import ROUTING_ACTIVATIONS, CondConv2d, Routing
+from ccsearch.validate import at_least
 
 CONVENTIONS = ("paper", "fvcore")
 
@@ -217,8 +218,7 @@ def moe_equivalent_madds(
 def _check_arguments(resolution: int, convention: str) -> None:
     if convention not in CONVENTIONS:
         raise UserError(f"unknown MADD convention {convention!r}; use one of {CONVENTIONS}")
-    if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 32:
-        raise UserError(f"resolution must be an integer >= 32, got {resolution!r}")
+    at_least("resolution", resolution, 32)
 
 
 # ---- the part cache ----------------------------------------------------------------------

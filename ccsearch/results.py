@@ -117,7 +117,14 @@ def points_over_baseline(row: pd.Series) -> str:
     value = row.get("vs_baseline")
     if value is None or pd.isna(value) or row.get("reference") == BASELINE:
         return ""
-    return f"{value:+.1f} points over the baseline"
+    return points_against(value, "the baseline")
+
+
+def points_against(difference: float, other: str) -> str:
+    """``+1.2 points over the baseline`` / ``3.4 points under the paper``: one wording."""
+    if difference < 0:
+        return f"{-difference:.1f} points under {other}"
+    return f"{difference:+.1f} points over {other}"
 
 
 def table_json(table: pd.DataFrame) -> str:

@@ -41,4 +41,11 @@ def nonnegative_int(
     _require(name, value, 0, f"an integer >= 0{note}", where, optional)
 
 
-__all__ = ["is_integer", "nonnegative_int", "positive_int"]
+def at_least(name: str, value: object, minimum: int, *, where: str | None = None,
+             why: str = "") -> None:
+    """Refuse anything but an integer >= ``minimum``; ``why`` says why that bound, e.g.
+    ``" (a ranking needs three)"``."""
+    _require(name, value, minimum, f"an integer >= {minimum}{why}", where, False)
+
+
+__all__ = ["at_least", "is_integer", "nonnegative_int", "positive_int"]

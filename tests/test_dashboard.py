@@ -54,7 +54,9 @@ def test_the_header_names_proxy_data_smoke_test_and_the_baseline(tiny_runs, tmp_
     baseline = next(r for r in records if r.reference == "baseline")
     condconv = max((r for r in records if r.status == Status.OK and r.reference == ""),
                    key=lambda r: r.top1)  # the candidate with CondConv in layer 12
-    assert f"{condconv.top1 - baseline.top1:+.1f} points over the baseline" in text
+    d = condconv.top1 - baseline.top1
+    assert (f"+{d:.1f} points over the baseline" if d >= 0 else
+            f"{-d:.1f} points under the baseline") in text
     assert '"text":["baseline"]' in text.replace(" ", "")  # the reference's labelled marker
     assert "panel-runs" not in text  # one run: no overlay
 

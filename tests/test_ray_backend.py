@@ -88,7 +88,9 @@ def test_ray_backend_records_the_study_and_resumes_on_a_cluster(tmp_path, ray_he
     argv = ["run", "--study", str(files / "study.yaml"), "--out", str(out), "--quiet", "--backend", "ray"]
 
     # Ray started by ccsearch itself on this machine.
-    assert "Pareto front" in _run([*argv, "--trials", "3", "--cpus-per-trial", "1"], env).stdout
+    started = _run([*argv, "--trials", "3", "--cpus-per-trial", "1"], env)
+    assert "Pareto front" in started.stdout
+    assert "Token authentication" not in started.stderr, "--quiet: no notice of Ray's own"
     study = load(out)
     assert_study_sound(study, trained=3)
     records = read_all(study)

@@ -201,9 +201,11 @@ def test_results_of_a_real_run_json_and_parquet_round_trip(tiny_runs, tmp_path, 
     best = printed.split("best:")[1]
     top = rows[int(best.split("(trial ")[1].split(",")[0])]
     if top["reference"] == "baseline":  # nothing to measure the baseline against
-        assert "points over" not in best
+        assert "the baseline;" not in best
     else:
-        assert f"{top['vs_baseline']:+.1f} points over the baseline; retrain it:" in best
+        d = top["vs_baseline"]
+        over = f"+{d:.1f} points over" if d >= 0 else f"{-d:.1f} points under"
+        assert f"{over} the baseline; retrain it:" in best
 
     table = trials_table(run.open_folder(tiny_runs[0]).study, tiny_runs[0])
     assert rows[baseline["trial"]]["retrain"] == (

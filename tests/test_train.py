@@ -190,3 +190,54 @@ def test_routing_statistics_describe_the_routing_weights_of_each_group(digits):
     assert mine["near_zero"] == pytest.approx(float((w.abs() <= 0.05).float().mean()))
     assert mine["active"] == pytest.approx(float((w.abs() > 0.05).float().sum(1).mean()))
     assert mine["hist"] == torch.histc(w, bins=20, min=-1, max=1).int().tolist()
+
+
+def test_the_proxy_recipe_reaches_the_model_it_trains():
+    """BN momentum and eps on every batch norm, TF's drop-connect rates (block i of n:
+    rate * i / n) and the residual branches' last batch norm at 0 or 1."""
+    from dataclasses import replace
+
+    from ccsearch.arch import build_model
+    from ccsearch.arch.blocks import Block
+    from ccsearch.train.trainer import apply_recipe
+
+    recipe = replace(get_proxy("smoke"), bn_momentum=0.01, bn_eps=1e-3, drop_connect=0.2,
+                     zero_init_last_bn=False)
+    model = build_model(get_backbone("mnasnet_a1"))
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    assert all(b.last_bn().weight.abs().sum() == 0 for b in blocks if b.has_skip)  # builder's
+    apply_recipe(model, recipe)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert {(m.momentum, m.eps) for m in norms} == {(0.01, 1e-3)}
+    assert [b.drop_connect for b in blocks] == pytest.approx([0.2 * i / len(blocks)
+                                                              for i in range(len(blocks))])
+    assert all(torch.equal(b.last_bn().weight, torch.ones_like(b.last_bn().weight))
+               for b in blocks if b.has_skip)
+    for bad, message in [({"bn_momentum": 1.5}, "bn_momentum must be in [0, 1)"),
+                         ({"bn_eps": 0}, "bn_eps must be > 0"),
+                         ({"drop_connect": True}, "drop_connect must be in [0, 1)"),
+                         ({"zero_init_last_bn": "no"}, "zero_init_last_bn must be true or false")]:
+        with pytest.raises(UserError) as err:
+            replace(recipe, **bad)
+        assert message in str(err.value)
+
+
+def test_drop_connect_drops_whole_residual_branches_per_example_in_training_only():
+    from ccsearch.arch.blocks import InvertedResidual
+
+    torch.manual_seed(0)
+    block = InvertedResidual(16, 16, 3, 1, 4, 0, "relu", True, 0, "sigmoid")
+    block.drop_connect = 0.5
+    x = torch.randn(64, 16, 8, 8)
+    block.eval()
+    with torch.no_grad():
+        branch = block(x) - x  # the residual branch, as inference runs it
+        block.train()
+        for m in block.modules():  # batch norm in training uses batch statistics: freeze it
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
+        out = block(x) - x
+    dropped = [torch.allclose(o, torch.zeros_like(o)) for o in out]
+    kept = [torch.allclose(o, b / 0.5, atol=1e-5) for o, b in zip(out, branch, strict=True)]
+    assert all(d or k for d, k in zip(dropped, kept, strict=True)), "whole branches only"
+    assert 16 < sum(dropped) < 48  # about half of 64 examples

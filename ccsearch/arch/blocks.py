@@ -76,12 +76,24 @@ class SqueezeExcite(nn.Module):
 class Block(nn.Module):
     """Base: optional shared routing, a main path of ``ConvBN`` layers, optional residual."""
 
+    drop_connect: float = 0.0  # chance of dropping the residual branch per example in training
+
     def __init__(self, in_ch: int, experts: int, routing: str):
         super().__init__()
         self.routing = Routing(in_ch, experts, routing) if experts else None
 
     def route(self, x: torch.Tensor) -> torch.Tensor | None:
         return self.routing(x) if self.routing is not None else None
+
+    def add_skip(self, out: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """``out + skip``, with TF's drop-connect on ``out`` while training: each example
+        keeps its residual branch with probability 1 - drop_connect, rescaled to keep the
+        expectation (stochastic depth)."""
+        if self.training and self.drop_connect > 0:
+            keep = 1.0 - self.drop_connect
+            mask = torch.rand(out.shape[0], 1, 1, 1, device=out.device, dtype=out.dtype) < keep
+            out = out * mask / keep
+        return out + skip
 
     def last_bn(self) -> nn.BatchNorm2d:
         """The batch norm that ends the residual branch."""
@@ -104,7 +116,7 @@ class DepthwiseSeparable(Block):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r = self.route(x)
         out = self.pw(self.se(self.dw(x, r)), r)
-        return out + x if self.has_skip else out
+        return self.add_skip(out, x) if self.has_skip else out
 
 
 class InvertedResidual(Block):
@@ -126,7 +138,7 @@ class InvertedResidual(Block):
         r = self.route(x)
         out = self.expand(x, r) if self.expand is not None else x
         out = self.project(self.se(self.dw(out, r)), r)
-        return out + x if self.has_skip else out
+        return self.add_skip(out, x) if self.has_skip else out
 
 
 class Bottleneck(Block):
@@ -151,5 +163,5 @@ class Bottleneck(Block):
         r = self.route(x)
         out = self.se(self.conv3(self.conv2(self.conv1(x, r), r), r))
         if self.has_skip:
-            out = out + (self.shortcut(x) if self.shortcut is not None else x)
+            out = self.add_skip(out, self.shortcut(x) if self.shortcut is not None else x)
         return self.act(out)

@@ -17,7 +17,7 @@ from ccsearch.dashboard.config import Dashboard
 from ccsearch.dashboard.data import RunData
 from ccsearch.dashboard.panels import PANELS, best_condconv
 from ccsearch.madds import format_madds
-from ccsearch.results import summary_counts
+from ccsearch.results import points_against, summary_counts
 from ccsearch.run_report import atomic_write
 
 STYLE = """
@@ -48,7 +48,7 @@ def _against_references(run: RunData, row, what: str) -> str:
             f"{format_madds(row['madds'])} MADDs")
     for _, ref in run.references[run.references["top1"].notna()].iterrows():
         if ref["trial"] != row["trial"]:
-            line += (f"; {row['top1'] - ref['top1']:+.1f} points over the {ref['reference']} "
+            line += (f"; {points_against(row['top1'] - ref['top1'], 'the ' + ref['reference'])} "
                      f"({ref['top1']:.1f}%)")
     return line
 

@@ -21,6 +21,7 @@ from scipy.stats import kendalltau, spearmanr
 from ccsearch.errors import UserError
 from ccsearch.search.record import Status, TrialRecord
 from ccsearch.search.study import StudyConfig
+from ccsearch.validate import at_least
 
 TARGET_TAU = 0.7
 SATURATED_WITHIN = 5.0  # points below 100% for the baseline: the proxy is at its ceiling
@@ -32,10 +33,8 @@ def check_config(base: StudyConfig, candidates: int, seeds: int, name: str | Non
     """The study a proxy check runs: ``candidates`` in all (the baseline included),
     random sampler, no pruning, every candidate trained with ``seeds`` seeds.
     ``bounded``: keep the study's budget (False for a bare search space)."""
-    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 3:
-        raise UserError(f"--candidates must be an integer >= 3 (a ranking needs three), got {candidates!r}")
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 2:
-        raise UserError(f"--seeds must be an integer >= 2 (seed-to-seed agreement needs two), got {seeds!r}")
+    at_least("--candidates", candidates, 3, why=" (a ranking needs three)")
+    at_least("--seeds", seeds, 2, why=" (seed-to-seed agreement needs two)")
     space = base.space()
     return replace(
         base,

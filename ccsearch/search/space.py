@@ -18,6 +18,7 @@ from ccsearch.arch import ArchSpec, get_backbone
 from ccsearch.config import check_fields, load_yaml_mapping, resolve_config
 from ccsearch.errors import UserError
 from ccsearch.layers import ROUTING_ACTIVATIONS
+from ccsearch.validate import is_integer
 
 PLACEMENTS = ("any", "one", "all")
 SE_CHOICES = ("backbone", "none", "all")  # as shipped, SE removed, SE 0.25 in every group
@@ -44,16 +45,14 @@ class SearchSpace:
         n = len(base.groups)
         groups = tuple(self.groups) or tuple(range(1, n + 1))
         object.__setattr__(self, "groups", groups)
-        bad = [g for g in groups if not isinstance(g, int) or not 1 <= g <= n]
+        bad = [g for g in groups if not is_integer(g, 1) or g > n]
         if bad:
             raise UserError(
                 f"{where}: groups {bad} do not exist; {self.backbone} has groups 1..{n}"
             )
         if self.placement not in PLACEMENTS:
             raise UserError(f"{where}: placement {self.placement!r} is not one of {PLACEMENTS}")
-        if not self.experts or any(
-            not isinstance(e, int) or isinstance(e, bool) or e < 1 for e in self.experts
-        ):
+        if not self.experts or not all(is_integer(e, 1) for e in self.experts):
             raise UserError(
                 f"{where}: experts must be a list of integers >= 1, got {list(self.experts)}"
             )

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ccsearch.arch import ArchSpec, build_model, spec_digest
+from ccsearch.arch.blocks import Block
 from ccsearch.checkpoint import Checkpoint, load_weights, save_checkpoint
 from ccsearch.data import ProxyData
 from ccsearch.errors import UserError
@@ -120,6 +121,20 @@ class DeviceData:
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         return (images.float() - self.mean) / self.std
+
+
+def apply_recipe(model: nn.Module, proxy: ProxyConfig) -> None:
+    """The proxy's batch norm momentum and eps, drop-connect (TF's rule: block i of n drops
+    its residual branch with rate ``drop_connect * i / n``) and the residual branches'
+    last batch norm starting at zero or at one."""
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    for i, block in enumerate(blocks):
+        block.drop_connect = proxy.drop_connect * i / len(blocks)
+        if block.has_skip and not proxy.zero_init_last_bn:
+            nn.init.ones_(block.last_bn().weight)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum, module.eps = proxy.bn_momentum, proxy.bn_eps
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -235,6 +250,7 @@ def _train(
     generator = torch.Generator().manual_seed(seed)
     trained = proxy.adapt(spec, data.num_classes)
     model = build_model(trained)
+    apply_recipe(model, proxy)
     first_epoch = 1
     if resume is not None:
         first_epoch = _resume(model, trained, proxy, resume, generator, result)

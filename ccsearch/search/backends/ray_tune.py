@@ -329,7 +329,9 @@ def _start_ray(address: str | None) -> None:
         return
     try:
         if address is None:
-            ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+            with _quiet_token_notice():
+                ray.init(include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.WARNING)
         else:
             _check_listening(address)
             _attach_auth_token()
@@ -337,6 +339,23 @@ def _start_ray(address: str | None) -> None:
     except (ConnectionError, RuntimeError, ValueError) as err:
         where = "start a local Ray instance" if address is None else f"join the Ray cluster at {address!r}"
         raise UserError(f"cannot {where}: {str(err).splitlines()[0]}") from None
+
+
+@contextlib.contextmanager
+def _quiet_token_notice() -> Iterator[None]:
+    """A Ray that ccsearch starts here has token authentication on, as Ray >= 2.59 starts
+    it; Ray says so as a WARNING on every run ("Token authentication is enabled"), which
+    is news to nobody and broke ``--quiet``.  Ray's other warnings still show."""
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+
+    def drop(entry: logging.LogRecord) -> bool:
+        return "Token authentication is enabled" not in entry.getMessage()
+
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def _check_listening(address: str) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from ccsearch.errors import UserError
 from ccsearch.search.backends import Progress
 from ccsearch.search.run import SearchRun
+from ccsearch.validate import at_least
 
 STORAGE_ENV = "CCSEARCH_STORAGE"  # where ``ccsearch worker`` finds the storage URL by default
 WATCH = 2.0  # seconds between looks at the study for the progress bar
@@ -36,8 +37,7 @@ class WorkerProcesses:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.n < 1:
-            raise UserError(f"--workers must be >= 1, got {self.n}")
+        at_least("--workers", self.n, 1)
 
     def run(self, search: SearchRun, progress: Progress | None = None) -> None:
         import torch

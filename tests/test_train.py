@@ -190,6 +190,13 @@ def test_routing_statistics_describe_the_routing_weights_of_each_group(digits):
     assert mine["near_zero"] == pytest.approx(float((w.abs() <= 0.05).float().mean()))
     assert mine["active"] == pytest.approx(float((w.abs() > 0.05).float().sum(1).mean()))
     assert mine["hist"] == torch.histc(w, bins=20, min=-1, max=1).int().tolist()
+    # The trainer takes them from its last evaluation: the same numbers, no extra pass.
+    from ccsearch.train.routing_stats import RoutingRecorder
+    from ccsearch.train.trainer import evaluate
+
+    recorder = RoutingRecorder(model)
+    evaluate(model, data, batch_size=100, recorder=recorder)
+    assert recorder.statistics() == routing_statistics(model, data.val_x, data.normalise)
 
 
 def test_the_proxy_recipe_reaches_the_model_it_trains():

@@ -21,16 +21,41 @@ NEAR_ZERO = 0.05
 RANGES = {"sigmoid": (0.0, 1.0), "softmax": (0.0, 1.0), "tanh": (-1.0, 1.0)}  # relu: 0..max
 
 
+class RoutingRecorder:
+    """The routing weights of each CondConv group over one pass of the held-out images.
+
+    The trainer's evaluation after each epoch feeds it (``start`` before the pass,
+    ``record`` after each batch), so the last epoch's evaluation gives the statistics
+    without another pass over the held-out set."""
+
+    def __init__(self, model: nn.Module):
+        self.routers = [(int(name.split(".")[1]) + 1, m) for name, m in model.named_modules()
+                        if isinstance(m, Routing) and name.startswith("groups.")]
+        self.weights: dict[int, list[torch.Tensor]] = defaultdict(list)
+
+    def start(self) -> None:
+        self.weights.clear()
+
+    def record(self) -> None:
+        for group, router in self.routers:
+            if router.last_weights is not None:
+                self.weights[group].append(router.last_weights.float().cpu())
+
+    def statistics(self) -> dict[str, dict[str, Any]]:
+        """``{group number (1-based, as a string): stats}`` of the last pass."""
+        activation = {group: router.activation for group, router in self.routers}
+        return {str(group): _stats(torch.cat(w), activation[group])
+                for group, w in sorted(self.weights.items())}
+
+
 @torch.no_grad()
 def routing_statistics(model: nn.Module, images: torch.Tensor, normalise, batch_size: int = 256,
                        autocast=None) -> dict[str, dict[str, Any]]:
-    """``{group number (1-based, as a string): stats}`` for the model's CondConv groups."""
-    routers = [(int(name.split(".")[1]) + 1, m) for name, m in model.named_modules()
-               if isinstance(m, Routing) and name.startswith("groups.")]
-    if not routers:
+    """The statistics of one pass of ``images`` through ``model`` (``RoutingRecorder``)."""
+    recorder = RoutingRecorder(model)
+    if not recorder.routers:
         return {}
     model.eval()
-    weights: dict[int, list[torch.Tensor]] = defaultdict(list)
     for start in range(0, len(images), batch_size):
         batch = normalise(images[start:start + batch_size])
         if autocast is not None:
@@ -38,11 +63,8 @@ def routing_statistics(model: nn.Module, images: torch.Tensor, normalise, batch_
                 model(batch)
         else:
             model(batch)
-        for group, router in routers:
-            if router.last_weights is not None:
-                weights[group].append(router.last_weights.float().cpu())
-    activation = {group: router.activation for group, router in routers}
-    return {str(group): _stats(torch.cat(w), activation[group]) for group, w in weights.items()}
+        recorder.record()
+    return recorder.statistics()
 
 
 def _stats(w: torch.Tensor, activation: str) -> dict[str, Any]:

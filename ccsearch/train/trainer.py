@@ -31,7 +31,7 @@ from ccsearch.errors import UserError
 from ccsearch.provenance import versions
 from ccsearch.train.augment import random_crop_flip
 from ccsearch.train.proxy import ProxyConfig
-from ccsearch.train.routing_stats import routing_statistics
+from ccsearch.train.routing_stats import RoutingRecorder, routing_statistics
 
 # Called after each epoch with (epoch 1..N, validation top-1 in %); True stops the run.
 EpochCallback = Callable[[int, float], bool]
@@ -278,12 +278,14 @@ def _train(
             losses=list(result.losses), optimizer_state=optimizer.state_dict(),
             generator_state=generator.get_state()))
 
+    recorder = RoutingRecorder(model)
     _epochs(model, proxy, data, device, on_epoch, result, generator, optimizer, schedule,
             range(first_epoch, proxy.epochs + 1), batch_size, steps_per_epoch, autocast, scaler,
-            keep if save_to is not None else None)
+            keep if save_to is not None else None, recorder)
     if result.status in ("ok", "pruned"):  # trained: is its routing sparse?
-        result.routing_stats = routing_statistics(model, data.val_x, data.normalise,
-                                                  max(256, batch_size), autocast)
+        result.routing_stats = recorder.statistics() if recorder.weights else (
+            routing_statistics(model, data.val_x, data.normalise, max(256, batch_size),
+                               autocast))  # a resumed checkpoint with no epoch left
 
 
 def _resume(model, trained: ArchSpec, proxy: ProxyConfig, resume: Checkpoint, generator,
@@ -308,7 +310,8 @@ def _resume(model, trained: ArchSpec, proxy: ProxyConfig, resume: Checkpoint, ge
 
 
 def _epochs(model, proxy, data, device, on_epoch, result, generator, optimizer, schedule,
-            epochs, batch_size, steps_per_epoch, autocast, scaler, keep=None) -> None:
+            epochs, batch_size, steps_per_epoch, autocast, scaler, keep=None,
+            recorder: RoutingRecorder | None = None) -> None:
     cuda = device.type == "cuda"
     n = len(data.train_y)
     train_seconds = 0.0
@@ -352,7 +355,8 @@ def _epochs(model, proxy, data, device, on_epoch, result, generator, optimizer, 
             result.status = "diverged"
             result.reason = f"non-finite training loss in epoch {epoch}"
             return
-        top1 = evaluate(model, data, batch_size=max(256, batch_size), autocast=autocast)
+        top1 = evaluate(model, data, batch_size=max(256, batch_size), autocast=autocast,
+                        recorder=recorder)
         result.curve.append(top1)
         result.top1 = top1
         if keep is not None:
@@ -363,9 +367,12 @@ def _epochs(model, proxy, data, device, on_epoch, result, generator, optimizer, 
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: DeviceData, batch_size: int = 256, autocast=None) -> float:
-    """Top-1 accuracy (%) on the held-out split."""
+def evaluate(model: nn.Module, data: DeviceData, batch_size: int = 256, autocast=None,
+             recorder: RoutingRecorder | None = None) -> float:
+    """Top-1 accuracy (%) on the held-out split; ``recorder`` keeps this pass's routing."""
     model.eval()
+    if recorder is not None:
+        recorder.start()
     correct = torch.zeros((), dtype=torch.long, device=data.val_y.device)
     cuda = data.val_x.device.type == "cuda"
     for start in range(0, len(data.val_y), batch_size):
@@ -375,6 +382,8 @@ def evaluate(model: nn.Module, data: DeviceData, batch_size: int = 256, autocast
         with autocast or nullcontext():
             logits = model(images)
         correct += (logits.argmax(1) == data.val_y[start : start + batch_size]).sum()
+        if recorder is not None:
+            recorder.record()
     return 100.0 * int(correct) / max(1, len(data.val_y))
 
 

@@ -581,6 +581,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+    run.share_madds_cache(search.study)  # what this worker counted, for later processes
     return 0
 
 

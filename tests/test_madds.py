@@ -360,3 +360,23 @@ def test_cli_madds_moe_prints_the_mixture_of_experts_cost(capsys):
     assert out["madds"] / out["moe_equivalent_madds"] < 0.07  # cheaper than the paper's 7%
     assert main(["madds", "mobilenet_v1", "--width", "0.25", "--condconv", "13", "--moe"]) == 0
     assert "CondConv is" in capsys.readouterr().out
+
+
+def test_a_study_keeps_its_madd_part_counts_for_the_processes_that_join_it(tiny_runs):
+    """``ccsearch run`` stores the part counts with the study; a process that opens the
+    study (resume, worker, reader) counts the study's candidates without tracing again."""
+    import ccsearch.madds as madds
+    from ccsearch.arch import ArchSpec
+    from ccsearch.search import run
+    from ccsearch.search.record import read_all
+
+    study = run.open_folder(tiny_runs[0]).study
+    stored = study.user_attrs[run.MADDS_CACHE]
+    assert stored and all(json.loads(key)["counter"] for key in stored)
+    madds._PART_CACHE.clear()  # a fresh process's cache
+    search = run.open_folder(tiny_runs[0])
+    assert set(madds.madds_cache()) == set(stored)
+    for record in read_all(search.study):
+        if record.spec:
+            assert madds.count_madds(ArchSpec.from_dict(record.spec)).madds == record.madds
+    assert set(madds.madds_cache()) == set(stored), "nothing traced again"

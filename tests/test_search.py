@@ -58,6 +58,8 @@ def test_shipped_studies_reproduce_the_papers_experiments():
             max(config.space().width)).to_dict()["groups"]
         assert not any(g.experts for g in baseline.groups)
         assert count_madds(baseline).madds <= config.budget
+        # The comparisons' effects are a few points: each candidate trains with 3 seeds.
+        assert config.repeats == (3 if config.sampler == "grid" else 1)
     assert load_study_config("mnasnet_a1_325m").budget == 325_000_000
     assert load_search_space("mobilenet_v1_routing").grid() == {"routing": ["relu", "tanh", "sigmoid", "softmax"]}
     assert set(load_search_space("mobilenet_v1_se_vs_condconv").grid()) == {"se", "condconv"}

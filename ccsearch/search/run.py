@@ -21,6 +21,7 @@ import pandas as pd
 import yaml
 
 from ccsearch.errors import UserError
+from ccsearch.madds import load_madds_cache, madds_cache
 from ccsearch.search import record as rec
 from ccsearch.search.recovery import reap, recover
 from ccsearch.search.space import SearchSpace
@@ -29,6 +30,7 @@ from ccsearch.search.study import StudyConfig
 
 MAX_TRIALS_FACTOR = 20  # stop after this many samples per wanted trial (mostly infeasible space)
 METRICS = ["proxy top-1", "MADDs"]  # the study's two objectives, as optuna-dashboard shows them
+MADDS_CACHE = "madds_cache"  # study user attribute: MADD part counts (ccsearch.madds), shared
 
 
 @dataclass
@@ -188,10 +190,22 @@ def open_folder(out: Path) -> SearchRun:
 def _joined(study, storage, config: StudyConfig, storage_url: str, out: Path | None) -> SearchRun:
     """A process joining a study with trials: its sampler gets a stream of its own, drawn
     at random (process ids repeat across containers) and recorded on its trials."""
-    space = SearchSpace(**study.user_attrs["space"])
+    attrs = study.user_attrs
+    space = SearchSpace(**attrs["space"])
+    load_madds_cache(attrs.get(MADDS_CACHE) or {})  # parts another process already traced
     stream = secrets.randbelow(2**31 - 1) + 1
     study.sampler = config.make_sampler(space, seed_stream=stream)
     return SearchRun(study, storage, config, space, storage_url, out, sampler_seed=stream)
+
+
+def share_madds_cache(study: optuna.Study) -> None:
+    """Store this process's MADD part counts with the study, for every process that joins
+    it later (a resume, a worker, a reader).  Two processes writing at once may each lose
+    the other's new parts: harmless, they are counted again."""
+    stored = study.user_attrs.get(MADDS_CACHE) or {}
+    new = {key: entry for key, entry in madds_cache().items() if key not in stored}
+    if new:
+        study.set_user_attr(MADDS_CACHE, {**stored, **new})
 
 
 def finalize(run: SearchRun) -> RunFiles | None:
@@ -199,6 +213,7 @@ def finalize(run: SearchRun) -> RunFiles | None:
     from ccsearch.results import best_on_front, pareto_front, trials_table
     from ccsearch.run_report import atomic_write, write_best_arch, write_pareto_page
 
+    share_madds_cache(run.study)
     if run.out is None:
         return None
     table = trials_table(run.study, run.out)

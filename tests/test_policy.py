@@ -271,3 +271,30 @@ def test_a_worker_stays_and_retrains_the_slot_a_dead_holder_on_another_machine_l
     assert records[held.record.number].status == Status.INTERRUPTED
     (done,) = [r for r in records if r.trained]
     assert study.trials[done.number].system_attrs["retry_of"] == held.record.number
+
+
+def test_a_study_of_500_trials_decodes_only_its_unfinished_trials_per_check(tmp_path, monkeypatch):
+    """The claim and every epoch's re-check read the whole study; a finished trial never
+    changes, so each check decodes only the trials still running or waiting: no O(n^2)
+    over a study."""
+    search = make_run(tmp_path, trials=600)
+    done = TrialRecord(spec={"name": "x", "groups": []}, digest="old", madds=1, status=Status.OK,
+                       top1=50.0, curve=[50.0], epochs=1)
+    search.study.add_trials([optuna.trial.create_trial(
+        state=TrialState.COMPLETE, values=[50.0, 1.0],
+        user_attrs={rec.KEY: {**done.to_dict(), "digest": f"old{i}"}}) for i in range(500)])
+    decoded = []
+    real = TrialRecord.from_dict
+    monkeypatch.setattr(TrialRecord, "from_dict",
+                        staticmethod(lambda *a, **k: decoded.append(1) or real(*a, **k)))
+    ev = evaluator(search)
+    for _ in range(3):  # three candidates, each claimed, re-checked per epoch and finished
+        c = ev.start(search.study.ask())
+        assert c is not None
+        before = len(decoded)
+        for epoch in range(1, EPOCHS + 1):
+            assert not ev.after_epoch(c, epoch, 60.0 + epoch)
+        assert len(decoded) - before <= 2 * EPOCHS, "only the running trial is decoded again"
+        ev.finish(c, fake_result([61.0, 62.0]))
+    assert len(decoded) < 500 + 60, "each finished trial decoded about once"
+    assert sum(r.trained for r in rec.read_all(search.study)) == 503

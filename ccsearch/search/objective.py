@@ -65,6 +65,7 @@ class Evaluator:
     on_interrupt: Callable[[], None] | None = None
     _counted: dict = field(default_factory=dict, repr=False)  # digest -> (report, MoE MADDs)
     _reference_specs: dict | None = field(default=None, repr=False)
+    _records: rec.RecordCache = field(default_factory=rec.RecordCache, repr=False)
 
     # ---- the steps ----------------------------------------------------------------------
 
@@ -114,7 +115,7 @@ class Evaluator:
         """Record the epoch, re-check the claim, ask the pruner: True to stop training."""
         c.record.curve = [*c.record.curve[: epoch - 1], top1]  # a restarted Ray trial: anew
         c.record.epochs = epoch
-        records = rec.read_all(c.trial.study)
+        records = self._records.read_all(c.trial.study)
         verdict = policy.check(c.record.number, c.record.digest, records, self.config.wanted)
         if verdict is policy.GO and self.pruner.should_prune(
             epoch, top1, self.epochs, finished_curves(records)
@@ -197,7 +198,7 @@ class Evaluator:
         return self._reference_specs
 
     def _check(self, c: Candidate) -> policy.Verdict:
-        records = rec.read_all(c.trial.study)
+        records = self._records.read_all(c.trial.study)
         return policy.check(c.record.number, c.record.digest, records, self.config.wanted)
 
     def _end(self, c: Candidate, status: Status, reason: str, twin: TrialRecord | None = None):

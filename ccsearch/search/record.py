@@ -172,6 +172,28 @@ def read_all(study: optuna.Study) -> list[TrialRecord]:
     return [read(t) for t in study.get_trials(deepcopy=False)]
 
 
+class RecordCache:
+    """``read_all`` for a process that reads one study again and again (at every claim and
+    after every epoch): a finished trial never changes, so its record is decoded once and
+    each read decodes only the trials still running or waiting.  The records it returns
+    are shared between reads: callers read them, never change them."""
+
+    def __init__(self) -> None:
+        self._finished: dict[tuple[str, int], TrialRecord] = {}
+
+    def read_all(self, study: optuna.Study) -> list[TrialRecord]:
+        records = []
+        for trial in study.get_trials(deepcopy=False):
+            key = (study.study_name, trial.number)
+            record = self._finished.get(key)
+            if record is None:
+                record = read(trial)
+                if trial.state.is_finished():
+                    self._finished[key] = record
+            records.append(record)
+        return records
+
+
 def write(trial: optuna.Trial, record: TrialRecord) -> None:
     """One storage write for the whole record."""
     trial.set_user_attr(KEY, record.to_dict())

@@ -448,7 +448,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"Pareto front (top-1 on {proxy.name} proxy vs MADDs, {config.convention} convention):")
         shown = front.assign(
             top1=front["top1"].map("{:.1f}%".format),
-            vs_baseline=front["vs_baseline"].map(lambda d: "" if d != d else f"{d:+.1f}"),
+            vs_baseline=front["vs_baseline"].map(_points),
             madds=front["madds"].map(format_madds),
             params=front["params"].map(format_params),
         )[["trial", "reference", "top1", "vs_baseline", "madds", "params", "condconv", "experts",
@@ -461,7 +461,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config.sampler == "grid":  # the comparison studies: the paper's tables on this proxy
         _print_comparisons(table)
     for _, ref in table[(table["reference"] != "") & table["top1"].notna()].iterrows():
-        over = points_over_baseline(ref)
+        over = points_over_baseline(ref["vs_baseline"], ref["reference"])
         print(f"reference {ref['reference']}: {ref['top1']:.1f}% at {format_madds(ref['madds'])}"
               + (f", {over}" if over else ""))
     if data.is_smoke_test:
@@ -473,11 +473,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         top = files.top
         record = search.records()[int(top["trial"])]
-        over = points_over_baseline(top)
+        over = points_over_baseline(top["vs_baseline"], top["reference"])
         print(f"best:      {files.best}  (trial {top['trial']}, {top['top1']:.1f}% at "
               f"{format_madds(top['madds'])}{', ' + over if over else ''}; "
               f"retrain it: {train_command(out, record)})")
     return 0
+
+
+def _points(difference: float) -> str:
+    """A ``vs_baseline`` cell: ``+1.2``, ``-3.4``, or empty where there is no baseline."""
+    return "" if difference != difference else f"{difference:+.1f}"  # NaN: none yet
 
 
 def _print_comparisons(table) -> None:
@@ -492,7 +497,7 @@ def _print_comparisons(table) -> None:
             top1=summary["top1"].map("{:.1f}%".format),
             std=summary["std"].map(lambda s: "" if s != s else f"±{s:.1f}"),
             madds=summary["madds"].map(format_madds),
-            vs_baseline=summary["vs_baseline"].map(lambda d: "" if d != d else f"{d:+.1f}"),
+            vs_baseline=summary["vs_baseline"].map(_points),
         ).rename_axis(title).reset_index()
         if not summary["vs_baseline"].notna().any():
             shown = shown.drop(columns="vs_baseline")
@@ -725,7 +730,7 @@ def _shown_table(table):
     return table.assign(
         top1=[pct(t) + (f" ±{s:.1f}" if s == s else "") for t, s in
               zip(table["top1"], table["top1_std"], strict=True)],
-        vs_baseline=table["vs_baseline"].map(lambda d: "" if pd.isna(d) else f"{d:+.1f}"),
+        vs_baseline=table["vs_baseline"].map(_points),
         last_top1=table["last_top1"].map(pct),
         madds=table["madds"].map(madds),
         moe_madds=table["moe_madds"].where(with_cc).map(madds),  # only CondConv has experts

@@ -121,6 +121,9 @@ def trial_provenance(search: SearchRun, record: TrialRecord) -> dict[str, Any]:
     from ccsearch.results import trials_table
     from ccsearch.search.storage import shown_url
 
+    def points(value) -> float | None:
+        return None if pd.isna(value) else float(value)
+
     table = trials_table(search.study)
     refs = table[(table["reference"] != "") & (table["status"] == "ok")]
     row = table[table["trial"] == record.number].iloc[0]
@@ -136,13 +139,13 @@ def trial_provenance(search: SearchRun, record: TrialRecord) -> dict[str, Any]:
         "data_checksum": record.data_checksum,
         "proxy_top1": record.top1,
         "proxy_top1_std": record.top1_std,
-        "vs_baseline": None if pd.isna(row["vs_baseline"]) else float(row["vs_baseline"]),
+        "vs_baseline": points(row["vs_baseline"]),
         "smoke_test": record.smoke_test,
         "budget": search.config.budget,
         "references": [
             {"name": r["reference"], "trial": int(r["trial"]), "proxy_top1": float(r["top1"]),
              "madds": int(r["madds"]),
-             "vs_baseline": None if pd.isna(r["vs_baseline"]) else float(r["vs_baseline"])}
+             "vs_baseline": points(r["vs_baseline"])}
             for _, r in refs.iterrows()
         ],
     }

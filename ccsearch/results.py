@@ -112,12 +112,12 @@ def baseline_top1(table: pd.DataFrame) -> float | None:
     return float(rows["top1"].iloc[0]) if not rows.empty else None
 
 
-def points_over_baseline(row: pd.Series) -> str:
-    """``+1.2 points over the baseline``, or "" where there is no trained baseline."""
-    value = row.get("vs_baseline")
-    if value is None or pd.isna(value) or row.get("reference") == BASELINE:
+def points_over_baseline(vs_baseline: float | None, reference: str = "") -> str:
+    """``+1.2 points over the baseline`` for a row's ``vs_baseline``, or "" where there is
+    no trained baseline or the row is the baseline itself."""
+    if vs_baseline is None or pd.isna(vs_baseline) or reference == BASELINE:
         return ""
-    return points_against(value, "the baseline")
+    return points_against(vs_baseline, "the baseline")
 
 
 def points_against(difference: float, other: str) -> str:

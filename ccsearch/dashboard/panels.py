@@ -24,7 +24,7 @@ from ccsearch.dashboard.costs import group_costs, moe_madds
 from ccsearch.dashboard.data import RunData
 from ccsearch.dashboard.published import published_top1
 from ccsearch.madds import format_madds
-from ccsearch.results import BASELINE, compared, points_against
+from ccsearch.results import compared, points_over_baseline
 from ccsearch.search.record import Status
 
 GREY, RED, GREEN, AMBER, TEAL = "#9aa5b1", "#d1495b", "#66a182", "#edae49", "#00798c"
@@ -55,9 +55,8 @@ def _hover(rows: pd.DataFrame) -> np.ndarray:
     data = rows[HOVER_COLUMNS].astype(object).to_numpy()
     data[:, 4] = [f" ({r})" if r else "" for r in data[:, 4]]  # the reference's name
     data[:, 5] = [f"<br>retrain: {c}" if c else "" for c in data[:, 5]]
-    data[:, 6] = ["" if d is None or d != d or r == BASELINE
-                  else f"<br>{points_against(d, 'the baseline')}"
-                  for d, r in zip(rows["vs_baseline"], rows["reference"], strict=True)]
+    over = map(points_over_baseline, rows["vs_baseline"], rows["reference"])
+    data[:, 6] = [f"<br>{o}" if o else "" for o in over]
     return data
 
 

@@ -63,23 +63,17 @@ class ProxyConfig:
         nonnegative_int("data_seed", self.data_seed, where=where)
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"{where}: optimizer {self.optimizer!r} is not one of {OPTIMIZERS}")
-        for name in ("lr", "width", "depth"):
+        for name in ("lr", "width", "depth", "bn_eps"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not value > 0:
                 raise UserError(f"{where}: {name} must be > 0, got {value!r}")
-        for name, low, high in (("bn_momentum", 0, 1), ("drop_connect", 0, 1)):
+        for name in ("label_smoothing", "bn_momentum", "drop_connect"):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value < high:
-                raise UserError(f"{where}: {name} must be in [{low}, {high}), got {value!r}")
-        if not isinstance(self.bn_eps, int | float) or not self.bn_eps > 0:
-            raise UserError(f"{where}: bn_eps must be > 0, got {self.bn_eps!r}")
+            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < 1:
+                raise UserError(f"{where}: {name} must be in [0, 1), got {value!r}")
         if not isinstance(self.zero_init_last_bn, bool):
             raise UserError(f"{where}: zero_init_last_bn must be true or false, "
                             f"got {self.zero_init_last_bn!r}")
-        if not 0 <= self.label_smoothing < 1:
-            raise UserError(
-                f"{where}: label_smoothing must be in [0, 1), got {self.label_smoothing!r}"
-            )
 
     def adapt(self, spec: ArchSpec, num_classes: int) -> ArchSpec:
         """The model actually trained: the candidate with the proxy's classes, width and depth."""

@@ -7,7 +7,6 @@ pixels a direct load would produce.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import warnings
 from collections.abc import Iterable, Sequence
 from functools import partial
@@ -16,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+from ccsearch.provenance import usable_cpus
 
 # Below this many images a process pool costs more to start than it saves.
 _POOL_MIN_IMAGES = 64
@@ -62,7 +63,7 @@ def _context() -> mp.context.BaseContext:
 
 
 def default_workers() -> int:
-    return os.cpu_count() or 1
+    return usable_cpus()
 
 
 def decode_into(

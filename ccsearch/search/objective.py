@@ -137,6 +137,7 @@ class Evaluator:
         r.top1_std, r.routing_stats = result.top1_std, result.routing_stats
         r.data_checksum = result.data_checksum or r.data_checksum
         r.threads, r.versions = result.threads or r.threads, result.versions or r.versions
+        r.bitwise_reproducible = result.bitwise_reproducible
         if c.stop is not None and c.stop.status != Status.PRUNED:  # backed off mid-training
             self._end(c, c.stop.status, c.stop.reason, c.stop.twin)
             return r

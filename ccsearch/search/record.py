@@ -95,6 +95,7 @@ class TrialRecord:
     data_checksum: str = ""  # of the proxy's images and labels: same data, same checksum
     threads: int = 0  # torch intra-op threads: CPU results change with the thread count
     versions: dict[str, str] = field(default_factory=dict)  # ccsearch, torch, optuna
+    bitwise_reproducible: bool = True  # False on GPUs: cuDNN picks its kernels by timing
     # what training gave
     top1: float | None = None  # validation top-1 (%) after the last epoch run (mean of seeds)
     curve: list[float] = field(default_factory=list)  # validation top-1 per epoch (mean of seeds)

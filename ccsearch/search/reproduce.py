@@ -57,6 +57,9 @@ def differences(record: TrialRecord, data_checksum: str, threads: int, device: s
                      f"{record.data_checksum})")
     if record.threads and threads != record.threads:
         lines.append(f"{threads} threads, the trial ran on {record.threads}")
+    if not record.bitwise_reproducible:
+        lines.append(f"the trial trained on {record.device}, whose autotuned kernels are not "
+                     "bitwise reproducible")
     now = versions()
     for name, version in record.versions.items():
         if now.get(name) != version:

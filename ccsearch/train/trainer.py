@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,7 +28,9 @@ from ccsearch.checkpoint import Checkpoint, load_weights, save_checkpoint
 from ccsearch.data import ProxyData
 from ccsearch.errors import UserError
 from ccsearch.provenance import versions
-from ccsearch.train.augment import random_crop_flip
+from ccsearch.train import device as placement
+from ccsearch.train.augment import Draws, crop_flip
+from ccsearch.train.device import DeviceData, device_data, resolve_device
 from ccsearch.train.proxy import ProxyConfig
 from ccsearch.train.routing_stats import RoutingRecorder, routing_statistics
 
@@ -64,63 +65,10 @@ class TrainResult:
     seed_curves: list[list[float]] = field(default_factory=list)
     top1_std: float | None = None
     routing_stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # routing_stats.py
+    bitwise_reproducible: bool = True  # False on GPUs (cuDNN picks kernels by timing them)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class DeviceData:
-    """Proxy data moved once to the device: uint8 NCHW tensors plus normalisation."""
-
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    val_x: torch.Tensor
-    val_y: torch.Tensor
-    mean: torch.Tensor  # [1, 3, 1, 1], in 0..255 units
-    std: torch.Tensor
-    num_classes: int
-    description: str
-    smoke_test: bool
-    checksum: str = ""  # ProxyData.checksum() of the data it was made from
-
-    @classmethod
-    def from_proxy_data(
-        cls, data: ProxyData, device: torch.device, max_val_images: int | None = None
-    ) -> DeviceData:
-        pin = device.type == "cuda"
-
-        def to_device(array: np.ndarray) -> torch.Tensor:
-            if not array.flags.writeable:  # a cache's read-only memmap: load it into memory
-                array = np.array(array)
-            tensor = torch.from_numpy(np.ascontiguousarray(array))
-            if tensor.ndim == 4:
-                tensor = tensor.permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
-            if pin:
-                tensor = tensor.pin_memory()
-            return tensor.to(device, non_blocking=pin)
-
-        val_x, val_y = data.val_x, data.val_y
-        if max_val_images is not None and len(val_y) > max_val_images:
-            val_x, val_y = val_x[:max_val_images], val_y[:max_val_images]
-        sample = data.train_x[: min(len(data.train_x), 10_000)].astype(np.float32)
-        mean = sample.mean(axis=(0, 1, 2))
-        std = sample.std(axis=(0, 1, 2)) + 1e-3
-        return cls(
-            train_x=to_device(data.train_x),
-            train_y=to_device(data.train_y),
-            val_x=to_device(val_x),
-            val_y=to_device(val_y),
-            mean=torch.tensor(mean, device=device).view(1, 3, 1, 1),
-            std=torch.tensor(std, device=device).view(1, 3, 1, 1),
-            num_classes=data.num_classes,
-            description=data.description,
-            smoke_test=data.is_smoke_test,
-            checksum=data.checksum(),
-        )
-
-    def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() - self.mean) / self.std
 
 
 def apply_recipe(model: nn.Module, proxy: ProxyConfig) -> None:
@@ -135,12 +83,6 @@ def apply_recipe(model: nn.Module, proxy: ProxyConfig) -> None:
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.momentum, module.eps = proxy.bn_momentum, proxy.bn_eps
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def train_candidate(
@@ -161,27 +103,32 @@ def train_candidate(
     ``epochs`` continues further)."""
     start = time.perf_counter()
     device = resolve_device(device)
-    if isinstance(data, ProxyData):
-        data = DeviceData.from_proxy_data(data, device, proxy.max_val_images)
     result = TrainResult(
         status="ok",
         top1=None,
         device=str(device),
         proxy=proxy.name,
-        data=data.description,
-        smoke_test=data.smoke_test,
         seed=seed,
-        data_checksum=data.checksum,
         threads=torch.get_num_threads(),
         versions=versions(),
+        bitwise_reproducible=placement.bitwise_reproducible(device),
     )
+    stopped: BaseException | None = None
     try:
+        placement.prepare(device)
+        data = device_data(data, device, proxy.max_val_images)  # uploads can run out too
+        result.data, result.smoke_test = data.description, data.smoke_test
+        result.data_checksum = data.checksum
         _train(spec, proxy, data, device, on_epoch, seed, result, save_to, resume)
-    except torch.OutOfMemoryError as err:
+    except Exception as err:
+        if not placement.is_out_of_memory(err):
+            raise
         result.status, result.reason = "failed", f"out of memory: {str(err).splitlines()[0]}"
-    finally:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    except BaseException as err:  # SystemExit from Ray's tune.report (ASHA stopped it), Ctrl-C
+        stopped = err.with_traceback(None)  # its frames would keep the model alive
+    placement.release_memory(device)  # after the frames holding the model are gone
+    if stopped is not None:
+        raise stopped
     result.wall_time = time.perf_counter() - start
     return result
 
@@ -259,9 +206,10 @@ def _train(
     cuda = device.type == "cuda"
     if cuda:
         model = model.to(memory_format=torch.channels_last)
-    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
-    autocast = torch.autocast("cuda", dtype=amp_dtype) if cuda else nullcontext()
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda and amp_dtype == torch.float16)
+    amp_dtype = placement.amp_dtype(device)
+    autocast = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else nullcontext()
+    # fp16 (pre-Ampere GPUs) needs loss scaling; its step reads the overflow flag, a sync
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     n = len(data.train_y)
     batch_size = min(proxy.batch_size, n)
@@ -319,15 +267,17 @@ def _epochs(model, proxy, data, device, on_epoch, result, generator, optimizer, 
     for epoch in epochs:
         model.train()
         epoch_start = time.perf_counter()
+        # the epoch's random draws in one copy each: nothing in a step waits for the device
         order = torch.randperm(n, generator=generator).to(device)
+        draws = Draws.draw(steps_per_epoch * batch_size, proxy.crop_padding, proxy.flip,
+                           generator, device)
         loss_sum = torch.zeros((), device=device)
         for step in range(steps_per_epoch):
             for group in optimizer.param_groups:
                 group["lr"] = proxy.lr * schedule((epoch - 1) * steps_per_epoch + step)
-            index = order[step * batch_size : (step + 1) * batch_size]
-            images = random_crop_flip(
-                data.train_x[index], proxy.crop_padding, proxy.flip, generator
-            )
+            batch = slice(step * batch_size, (step + 1) * batch_size)
+            index = order[batch]
+            images = crop_flip(data.train_x[index], proxy.crop_padding, draws[batch])
             images = data.normalise(images)
             if cuda:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -345,7 +295,7 @@ def _epochs(model, proxy, data, device, on_epoch, result, generator, optimizer, 
             loss_sum += loss.detach().float()
         mean_loss = float(loss_sum) / max(1, steps_per_epoch)  # one sync per epoch
         if cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
         train_seconds += time.perf_counter() - epoch_start
         images_seen += steps_per_epoch * batch_size
         result.images_per_sec = images_seen / train_seconds if train_seconds else 0.0

@@ -16,7 +16,7 @@ from ccsearch.search.objective import Evaluator, Trainer, measured_on
 from ccsearch.search.pruners import make_pruner
 from ccsearch.search.recovery import Heartbeat, ask, reap, release_session
 from ccsearch.search.run import SearchRun
-from ccsearch.train import DeviceData, load_proxy_data, resolve_device, train_candidate
+from ccsearch.train import device_data, load_proxy_data, resolve_device, train_candidate
 
 POLL = 1.0  # seconds between looks at the study while every training slot is held
 
@@ -34,7 +34,7 @@ class InProcess:
         if trainer is None:
             device = resolve_device(self.device)
             data = self.proxy_data or load_proxy_data(proxy, self.data)
-            on_device = DeviceData.from_proxy_data(data, device, proxy.max_val_images)
+            on_device = device_data(data, device, proxy.max_val_images)
             measured = measured_on(proxy.name, on_device.description, on_device.smoke_test,
                                    str(device))
 

@@ -59,6 +59,12 @@ class RayOptions:
             )
 
 
+def ray_trial_device(device: str, gpus_per_trial: float) -> str:
+    """The device a Ray trial trains on: Ray shows a trial only the GPU it assigned, as
+    ``cuda`` (index 0), whatever ``--device cuda:N`` said; without GPUs, the CPU."""
+    return "cpu" if gpus_per_trial == 0 or device == "cpu" else "cuda"
+
+
 def ray_trial(config: dict, *, proxy_data: ProxyData, proxy: ProxyConfig, device: str,
               threads: int) -> None:
     """One Ray trial: train the candidate the driver sent; report, never touch the storage."""
@@ -249,8 +255,7 @@ class RayTune:
                 raise UserError(
                     f"--device {self.device} needs --gpus-per-trial > 0 (Ray hides GPUs otherwise)"
                 )
-            # Ray shows a trial only the GPU it assigned, as cuda:0.
-            trial_device = "cpu" if gpus == 0 or self.device == "cpu" else "cuda"
+            trial_device = ray_trial_device(self.device, gpus)
             proxy = config.proxy_config()
             measured = measured_on(proxy.name, self.proxy_data.description,
                                    self.proxy_data.is_smoke_test, trial_device)

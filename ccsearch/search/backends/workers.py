@@ -1,8 +1,10 @@
 """``n`` ``ccsearch worker`` processes on this machine, all on the study's storage.
 
-Each worker is an in-process backend of its own (one thread each); this process only
-watches the study.  Worker ``i`` gets entry ``i % k`` of this process's
-``CUDA_VISIBLE_DEVICES`` (indices or GPU/MIG UUIDs), or GPU ``i % k`` of the ``k`` it sees.
+Each worker is an in-process backend of its own (an equal share of this process's CPUs);
+this process only watches the study.  Worker ``i`` gets entry ``i % k`` of this process's
+``CUDA_VISIBLE_DEVICES`` (indices or GPU/MIG UUIDs), or GPU ``i % k`` of the ``k`` it sees;
+with ``--device cuda:N`` every worker gets GPU ``N``.  A worker then sees its one GPU as
+``cuda``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from dataclasses import dataclass
 
 from ccsearch.errors import UserError
+from ccsearch.provenance import usable_cpus
 from ccsearch.search.backends import Progress
 from ccsearch.search.run import SearchRun
 from ccsearch.validate import at_least
@@ -22,12 +25,22 @@ STORAGE_ENV = "CCSEARCH_STORAGE"  # where ``ccsearch worker`` finds the storage 
 WATCH = 2.0  # seconds between looks at the study for the progress bar
 
 
-def worker_devices(n: int, visible: str | None, gpus: int) -> list[str | None]:
-    """The ``CUDA_VISIBLE_DEVICES`` of each of ``n`` workers (None: leave it as it is)."""
+def worker_devices(n: int, visible: str | None, gpus: int, index: int | None = None
+                   ) -> list[str | None]:
+    """The ``CUDA_VISIBLE_DEVICES`` of each of ``n`` workers (None: leave it as it is).
+
+    ``visible``: this process's ``CUDA_VISIBLE_DEVICES`` (None: unset); ``gpus``: how many
+    GPUs this process sees; ``index``: the N of ``--device cuda:N`` (None: spread)."""
+    entries = [str(i) for i in range(gpus)]
     if visible is not None:
         entries = [e.strip() for e in visible.split(",") if e.strip()]
-        return [entries[i % len(entries)] if entries else visible for i in range(n)]
-    return [str(i % gpus) if gpus else None for i in range(n)]
+        if not entries:  # set but empty: no GPU for anyone
+            return [visible] * n
+    if not entries:
+        return [None] * n
+    if index is not None:
+        return [entries[index]] * n
+    return [entries[i % len(entries)] for i in range(n)]
 
 
 @dataclass
@@ -42,9 +55,12 @@ class WorkerProcesses:
     def run(self, search: SearchRun, progress: Progress | None = None) -> None:
         import torch
 
-        threads = max(1, (os.cpu_count() or 1) // self.n)
-        gpus = torch.cuda.device_count() if self.device in ("auto", "cuda") else 0
-        devices = worker_devices(self.n, os.environ.get("CUDA_VISIBLE_DEVICES"), gpus)
+        threads = max(1, usable_cpus() // self.n)  # the CPUs this process may use
+        gpus = torch.cuda.device_count() if self.device != "cpu" else 0
+        _, colon, index = self.device.partition(":")
+        devices = worker_devices(self.n, os.environ.get("CUDA_VISIBLE_DEVICES"), gpus,
+                                 int(index) if colon else None)
+        device = "cuda" if colon else self.device  # a worker sees its GPU only, as cuda
         procs = []
         for visible in devices:
             # The URL goes by environment, not argv: other users can read a process's argv.
@@ -52,7 +68,7 @@ class WorkerProcesses:
             if visible is not None:
                 env["CUDA_VISIBLE_DEVICES"] = visible
             cmd = [sys.executable, "-m", "ccsearch.cli", "worker", "--study",
-                   search.config.name, "--device", self.device, "--quiet"]
+                   search.config.name, "--device", device, "--quiet"]
             if self.data:
                 cmd += ["--data", self.data]
             procs.append(subprocess.Popen(cmd, env=env))

@@ -46,6 +46,7 @@ from ccsearch.arch import build_model  # noqa: E402
 from ccsearch.arch.resolve import resolve_spec  # noqa: E402
 from ccsearch.errors import UserError  # noqa: E402
 from ccsearch.train.augment import random_crop_flip  # noqa: E402
+from ccsearch.train.device import amp_dtype  # noqa: E402
 from ccsearch.train.proxy import ProxyConfig, get_proxy, load_proxy_data  # noqa: E402
 from ccsearch.train.trainer import (  # noqa: E402
     DeviceData,
@@ -97,11 +98,10 @@ def capped(data: DeviceData, batch_size: int, steps: int | None) -> DeviceData:
 
 
 def amp_setup(device: torch.device):
-    """What the trainer uses: autocast bf16 (fp16 + GradScaler without bf16) on CUDA."""
-    cuda = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
-    autocast = torch.autocast("cuda", dtype=amp_dtype) if cuda else nullcontext()
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda and amp_dtype == torch.float16)
+    """What the trainer uses: autocast bf16 from Ampere on, fp16 + GradScaler before it."""
+    dtype = amp_dtype(device)
+    autocast = torch.autocast("cuda", dtype=dtype) if dtype else nullcontext()
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     return autocast, scaler
 
 

@@ -186,3 +186,32 @@ def test_ctrl_c_under_ray_exits_130_and_resumes(tmp_path, capsys):
     # Resumed with the Optuna backend: both backends keep the same records.
     assert main([*argv[:-4], "--trials", "3", "--resume"]) == 0
     assert_study_sound(load(out), trained=3)
+
+
+def test_an_error_inside_a_ray_trial_reaches_the_driver_with_its_message(tmp_path):
+    """Ray would retry a raising trial and, with its log off, hide why: the trial reports
+    the error as a failed result instead, which the driver records with its reason."""
+    import json
+
+    import ray
+    from ray import tune
+
+    from ccsearch.data import load_data
+    from ccsearch.search.backends.ray_tune import ray_trial
+    from ccsearch.train import get_proxy
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        trainable = tune.with_parameters(ray_trial, proxy_data=load_data("digits", resolution=32),
+                                         proxy=get_proxy("smoke", epochs=1), device="cpu",
+                                         threads=1)
+        tuner = tune.Tuner(trainable, param_space={"spec": {"name": "broken"}, "seeds": [0],
+                                                   "trial": 0},
+                           run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0))
+        (result,) = tuner.fit()
+    finally:
+        ray.shutdown()
+    assert result.error is None  # nothing for Ray to retry
+    train_result = json.loads(result.metrics["train_result"])
+    assert train_result["status"] == "failed"
+    assert train_result["reason"] == "UserError: ArchSpec: the fields 'name' and 'groups' are required"

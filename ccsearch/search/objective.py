@@ -51,6 +51,11 @@ class Candidate:
     ended: bool = False  # told to Optuna
 
 
+def error_reason(err: BaseException) -> str:
+    """A failed trial's reason: the error's type and first line."""
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+
+
 @dataclass
 class Evaluator:
     config: StudyConfig
@@ -178,7 +183,7 @@ class Evaluator:
             self.interrupt(c, "stopped by Ctrl-C")
             raise
         except Exception as err:  # a bug or a broken device: this trial fails, the search goes on
-            self.fail(c, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            self.fail(c, error_reason(err))
         return c.record
 
     # ---- helpers ------------------------------------------------------------------------

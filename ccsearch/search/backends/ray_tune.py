@@ -32,7 +32,7 @@ from ccsearch.data import ProxyData
 from ccsearch.errors import UserError
 from ccsearch.search import policy
 from ccsearch.search.backends import Progress
-from ccsearch.search.objective import Candidate, Evaluator, measured_on
+from ccsearch.search.objective import Candidate, Evaluator, error_reason, measured_on
 from ccsearch.search.pruners import NoPruner
 from ccsearch.search.record import Status, this_process
 from ccsearch.search.recovery import Heartbeat, ask, reap, release_session
@@ -74,7 +74,6 @@ def ray_trial(config: dict, *, proxy_data: ProxyData, proxy: ProxyConfig, device
     from ccsearch.train import train_candidate, train_repeated
 
     torch.set_num_threads(threads)
-    spec = ArchSpec.from_dict(config["spec"])
     worker = this_process()
     steps = len(config["seeds"]) * proxy.epochs  # epochs over all the study's seeds
     step = 0
@@ -89,7 +88,11 @@ def ray_trial(config: dict, *, proxy_data: ProxyData, proxy: ProxyConfig, device
     def train(seed: int, report) -> TrainResult:
         return train_candidate(spec, proxy, proxy_data, device, report, seed=seed)
 
-    result = train_repeated(train, config["seeds"], on_epoch)
+    try:
+        spec = ArchSpec.from_dict(config["spec"])
+        result = train_repeated(train, config["seeds"], on_epoch)
+    except Exception as err:  # reported, not raised: Ray would retry it and hide the message
+        result = TrainResult(status="failed", top1=None, device=device, reason=error_reason(err))
     tune.report({"epoch": max(1, result.epochs), "step": max(1, step),
                  "epoch_top1": result.top1 or 0.0, "worker": worker,
                  "train_result": json.dumps(result.to_dict())})  # not flattened

@@ -298,3 +298,53 @@ def test_a_study_of_500_trials_decodes_only_its_unfinished_trials_per_check(tmp_
         ev.finish(c, fake_result([61.0, 62.0]))
     assert len(decoded) < 500 + 60, "each finished trial decoded about once"
     assert sum(r.trained for r in rec.read_all(search.study)) == 503
+
+
+def _write_transactions(engine) -> tuple[list[str], callable]:
+    """Every committed transaction that wrote, as the tables it wrote, from SQLAlchemy's
+    own events on the storage's engine."""
+    from sqlalchemy import event
+
+    committed, pending = [], set()
+
+    def statement(conn, cursor, sql, params, context, many):
+        words = sql.split()
+        if words[0].upper() in ("INSERT", "UPDATE", "DELETE"):
+            pending.add(words[2] if words[0].upper() in ("INSERT", "DELETE") else words[1])
+
+    def commit(conn):
+        if pending:
+            committed.append(",".join(sorted(pending)))
+        pending.clear()
+
+    event.listen(engine, "before_cursor_execute", statement)
+    event.listen(engine, "commit", commit)
+
+    def stop():
+        event.remove(engine, "before_cursor_execute", statement)
+        event.remove(engine, "commit", commit)
+
+    return committed, stop
+
+
+def test_a_trained_trial_writes_its_record_3_times_plus_once_per_epoch(tmp_path):
+    """The claim, each epoch, the commit and the end: the record is written 3 + E times,
+    and the whole trial (ask, its parameters, its constraint, its tell) stays within a
+    fixed number of transactions more."""
+    search = make_run(tmp_path, trials=5)
+    ev = evaluator(search)
+    committed, stop = _write_transactions(search.storage.engine)
+    try:
+        trial = search.study.ask()
+        c = ev.start(trial)
+        assert c is not None
+        for epoch in range(1, EPOCHS + 1):
+            assert not ev.after_epoch(c, epoch, 60.0 + epoch)
+        ev.finish(c, fake_result([61.0, 62.0]))
+    finally:
+        stop()
+    record_writes = [t for t in committed if t == "trial_user_attributes"]
+    assert len(record_writes) == 3 + EPOCHS
+    params = len(trial.params)
+    assert len(committed) <= 3 + EPOCHS + params + 4, committed  # + ask, constraint, tell, values
+    assert rec.read(search.study.trials[trial.number]).status == Status.OK

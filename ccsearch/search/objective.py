@@ -23,7 +23,7 @@ from ccsearch.search import policy
 from ccsearch.search import record as rec
 from ccsearch.search.pruners import Pruner, finished_curves
 from ccsearch.search.record import Stage, Status, TrialRecord
-from ccsearch.search.recovery import retry
+from ccsearch.search.recovery import has_heartbeats, retry
 from ccsearch.search.space import SearchSpace
 from ccsearch.search.study import StudyConfig
 from ccsearch.train import TrainResult, train_repeated
@@ -75,11 +75,14 @@ class Evaluator:
     # ---- the steps ----------------------------------------------------------------------
 
     def begin(self, trial: optuna.Trial) -> Candidate:
-        """Record who holds the trial, first: a kill in the MADD count is then detected."""
+        """The trial's record, written at once where only its owner tells who holds it (a
+        journal storage: a kill in the MADD count is then detected); an RDB storage's
+        heartbeats tell that already, and the claim writes the record."""
         record = TrialRecord(number=trial.number, owner=self.owner, worker=self.owner,
                              sampler_seed=self.sampler_seed, budget=self.config.budget,
                              seed=self.config.seed, **self.measured_on)
-        rec.write(trial, record)
+        if not has_heartbeats(trial.storage):
+            rec.write(trial, record)
         return Candidate(trial, record)
 
     def claim(self, c: Candidate) -> bool:

@@ -136,6 +136,7 @@ def release_session(storage: optuna.storages.BaseStorage) -> None:
 
 
 def has_heartbeats(storage: optuna.storages.BaseStorage) -> bool:
+    storage = getattr(storage, "_backend", storage)  # a study's RDB storage comes wrapped
     return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None
 
 

@@ -17,7 +17,9 @@ Variants are interleaved: ``--rounds`` rounds each give every variant a short
 ``blocked_autorange``, and the rounds are merged, so the machine's load hits all alike.
 The layers run with ``routing=None`` and fixed routing weights that require grad (the
 layer is timed, not its routing function); backward gets a dense ``d loss / d out``,
-as from a network's batch norm.  Before timing, every shape checks that all executions
+as from a network's batch norm.  ``--next-layer`` follows every variant with batch norm,
+ReLU and a static 1x1 conv (in the input's layout), so that a layout the layer hands on
+is paid for where it is paid in a network.  Before timing, every shape checks that all executions
 and naive agree (outputs and gradients to 1e-4), so nothing wrong is ever timed.
 How to read the output: README.md next to this file.
 """
@@ -37,6 +39,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils import benchmark
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
@@ -177,6 +180,7 @@ class Case:
         device: torch.device,
         forward_only: bool,
         channels_last: bool = False,
+        next_layer: bool = False,
     ):
         self.shape, self.forward_only = s, forward_only
         self.label = "forward only (inference mode)" if forward_only else "forward + backward"
@@ -209,20 +213,32 @@ class Case:
             device
         )
         self.experts = self.cc["conv"].weight
+        self.next = nn.Identity()
+        if next_layer:  # as a network runs the layer: BN, ReLU, the next (static) conv
+            bn, conv = nn.BatchNorm2d(s.cout), Conv2d(s.cout, s.cout, 1, bias=False)
+            self.next = nn.Sequential(bn, nn.ReLU(), conv).to(device).train(not forward_only)
+            if channels_last:
+                self.next = self.next.to(memory_format=torch.channels_last)
         out = (s.batch, s.cout, s.out_hw, s.out_hw)
         self.ones = torch.ones(out, device=device)  # d loss/d out, dense as from batch norm
+        if channels_last:  # ... laid out as a channels-last batch norm gives it
+            self.ones = self.ones.contiguous(memory_format=torch.channels_last)
         self.kernel_grad = torch.randn(s.batch, self.experts.shape[1], device=device)
         self.steps: dict[str, Callable[[], object]] = {
-            "static": lambda: self.run(lambda: [self.static(self.x)], [self.static.weight]),
+            "static": lambda: self.run(
+                lambda: [self.next(self.static(self.x))], [self.static.weight]
+            ),
             "floor": lambda: self.run(
-                lambda: [self.static(self.x), self.r @ self.experts],
+                lambda: [self.next(self.static(self.x)), self.r @ self.experts],
                 [self.static.weight, self.experts],
             ),
             **{
-                name: (lambda m=m: self.run(lambda: [m(self.x, self.r)], [self.experts]))
+                name: (
+                    lambda m=m: self.run(lambda: [self.next(m(self.x, self.r))], [self.experts])
+                )
                 for name, m in self.cc.items()
             },
-            "naive": lambda: self.run(lambda: [self.naive(self.x)], [self.experts]),
+            "naive": lambda: self.run(lambda: [self.next(self.naive(self.x))], [self.experts]),
         }
 
     def run(self, forward: Callable[[], list[torch.Tensor]], weights: list[torch.Tensor]):
@@ -338,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
         "--channels-last", action="store_true", help="input (and static conv) channels-last"
     )
     ap.add_argument(
+        "--next-layer",
+        action="store_true",
+        help="follow every variant with BN, ReLU and a static 1x1 conv (layout costs)",
+    )
+    ap.add_argument(
         "--default-malloc", action="store_true", help="leave glibc's mmap threshold alone"
     )
     ap.add_argument("--filter", default="", help="only shapes whose label contains this text")
@@ -378,7 +399,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} cores, timer {'thread CPU time' if args.cpu_time else 'wall'}, "
         f"load {os.getloadavg()[0]:.1f}"
     )
-    print(f"malloc {malloc}; input {'channels-last' if args.channels_last else 'NCHW'}")
+    print(
+        f"malloc {malloc}; input {'channels-last' if args.channels_last else 'NCHW'}"
+        + ("; every variant followed by BN, ReLU, 1x1 conv" if args.next_layer else "")
+    )
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = (
             False  # to check 1e-4
@@ -387,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     rows, everything = [], []
     for s in shapes:
-        case = Case(s, args.experts, device, args.forward, args.channels_last)
+        case = Case(s, args.experts, device, args.forward, args.channels_last, args.next_layer)
         case.verify()
         ms = measure(
             case,

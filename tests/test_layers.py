@@ -317,3 +317,148 @@ def test_tiny_map_kernel_crop_is_exact(size, kernel, stride):
     layer = CondConv2d(6, 6, kernel, stride, kernel // 2, groups=6, num_experts=3)
     out = layer(x)
     torch.testing.assert_close(out, _per_example_reference(layer, x, layer.routing.last_weights), atol=1e-5, rtol=1e-5)
+
+
+CHANNELS_LAST = torch.channels_last
+
+
+def _in_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=CHANNELS_LAST if channels_last else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("size", [2, 3, 7])
+@pytest.mark.parametrize(
+    "shape", GRAD_SHAPES, ids=lambda s: f"{s[0]}-{s[1]}-k{s[2]}-s{s[3]}-d{s[5]}-g{s[6]}"
+)
+def test_every_impl_keeps_the_input_layout_and_matches_the_per_example_loop(shape, size):
+    """Channels-last in, channels-last out, for every execution; NCHW in, NCHW out, except the
+    pixels-as-rows pointwise products (documented: channels-last memory measured faster).
+    Output and gradients (input, routing, experts, bias) match the per-example loop in both
+    layouts.  A batch of 9 > 2 x 4 experts: bmm on pixel rows mixes transposed kernels."""
+    cin, cout, k, s, p, d, g, bias = shape
+    torch.manual_seed(0)
+    layer = CondConv2d(cin, cout, k, s, p, d, g, bias, num_experts=4, routing=None)
+    x0 = torch.randn(9, cin, size, size, requires_grad=True)
+    r = torch.rand(9, 4, requires_grad=True)
+    params = [layer.weight] + ([layer.bias] if bias else [])
+    reference = _per_example_reference(layer, x0, r)
+    upstream = torch.randn_like(reference)
+    expected = (reference, *torch.autograd.grad(reference, [x0, r, *params], upstream))
+    names = ["output", "d/d input", "d/d routing", "d/d weight", "d/d bias"]
+    for impl in _impls(layer):
+        layer.impl = impl
+        chosen, results = layer._choose_impl(x0), []
+        for channels_last in (False, True):
+            x = _in_layout(x0.detach(), channels_last).requires_grad_()
+            out = layer(x, r)
+            grads = torch.autograd.grad(out, [x, r, *params], _in_layout(upstream, channels_last))
+            what = f"{impl}, {'channels-last' if channels_last else 'NCHW'}"
+            pixel_rows = (chosen == "experts" and layer.pointwise) or (
+                chosen == "bmm" and out.shape[-2] * out.shape[-1] <= CondConv2d.BMM_PIXELS_AS_ROWS
+            )
+            if channels_last:
+                assert out.is_contiguous(memory_format=CHANNELS_LAST), f"{what}: layout lost"
+            elif not pixel_rows:
+                assert out.is_contiguous(), f"{what}: layout lost"
+            results.append((out, *grads))
+            for name, got, want in zip(names, results[-1], expected, strict=False):
+                # d/d routing sums over the whole map: float32 error grows with its largest value
+                atol = 1e-5 * max(1.0, want.abs().max().item())
+                torch.testing.assert_close(got, want, atol=atol, rtol=1e-5, msg=f"{what}: {name}")
+        for name, got, want in zip(names, results[1], results[0], strict=False):  # CL vs NCHW
+            atol = 1e-5 * max(1.0, want.abs().max().item())
+            torch.testing.assert_close(got, want, atol=atol, rtol=1e-5, msg=f"{impl}: {name}")
+
+
+@pytest.mark.parametrize(
+    "shape", GRAD_SHAPES, ids=lambda s: f"{s[0]}-{s[1]}-k{s[2]}-s{s[3]}-d{s[5]}-g{s[6]}"
+)
+def test_inference_keeps_channels_last(shape):
+    """Without autograd (kernels mixed 8 examples at a time, a ragged last chunk of 5)."""
+    cin, cout, k, s, p, d, g, bias = shape
+    torch.manual_seed(0)
+    layer = CondConv2d(cin, cout, k, s, p, d, g, bias, num_experts=4, routing=None)
+    x, r = torch.randn(21, cin, 7, 7), torch.rand(21, 4)
+    with torch.no_grad():
+        reference = _per_example_reference(layer, x, r)
+    for impl in _impls(layer):
+        layer.impl = impl
+        with torch.inference_mode():
+            out = layer(_in_layout(x, True), r)
+        assert out.is_contiguous(memory_format=CHANNELS_LAST), impl
+        torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5, msg=impl)
+
+
+def test_channels_last_with_padding_modes():
+    """Circular padding returns NCHW memory; the layer still answers channels-last."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, 5, 5)
+    for mode in CondConv2d.PADDING_MODES:
+        layer = CondConv2d(6, 8, 3, padding=1, padding_mode=mode, num_experts=3)
+        expected = layer(x)
+        out = layer(_in_layout(x, True))
+        assert out.is_contiguous(memory_format=CHANNELS_LAST), mode
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def _activation_copies(layer: CondConv2d, x: torch.Tensor, r: torch.Tensor) -> tuple[int, int]:
+    """Copies (``copy_``, ``clone``, ``_to_copy``) of tensors at least as large as the input
+    or output, in the forward and in the backward."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    copy_ops = (torch.ops.aten.copy_, torch.ops.aten.clone, torch.ops.aten._to_copy)
+
+    class Copies(TorchDispatchMode):
+        def __init__(self, size: int):
+            super().__init__()
+            self.size, self.count = size, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket in copy_ops and out.numel() >= self.size:
+                self.count += 1
+            return out
+
+    size = min(x.numel(), layer(x, r).numel())
+    with Copies(size) as forward:
+        out = layer(x, r)
+    upstream = torch.ones_like(out)  # in the output's layout, as a channels-last BN gives it
+    with Copies(size) as backward:
+        out.backward(upstream)
+    return forward.count, backward.count
+
+
+@pytest.mark.parametrize(
+    "impl, shape, copies",
+    [
+        ("bmm", (16, 24, 1, 1, 0, 1), (0, 0)),  # rows of the channels-last input: views
+        ("taps", (12, 12, 3, 1, 1, 12), (0, 0)),  # elementwise: the input's layout
+        ("conv", (12, 12, 3, 1, 1, 12), (2, 2)),  # folded into channels: in and out copied
+        ("conv", (8, 16, 3, 1, 1, 1), (2, 2)),
+    ],
+)
+def test_channels_last_activation_copies(impl, shape, copies):
+    cin, cout, k, s, p, g = shape
+    torch.manual_seed(0)
+    layer = CondConv2d(cin, cout, k, s, p, groups=g, num_experts=4, routing=None, impl=impl)
+    x = _in_layout(torch.randn(4, cin, 8, 8), True).requires_grad_()
+    assert _activation_copies(layer, x, torch.rand(4, 4)) == copies
+    if impl != "conv":  # and NCHW input: none either
+        x = torch.randn(4, cin, 8, 8, requires_grad=True)
+        assert _activation_copies(layer, x, torch.rand(4, 4)) == (0, 0)
+
+
+@pytest.mark.parametrize("impl, kernel, groups", [("bmm", 1, 1), ("conv", 1, 1), ("conv", 3, 8)])
+def test_torch_export_of_channels_last_input_with_dynamic_batch(impl, kernel, groups):
+    """The layout branches are decided at export time, without guards on the batch."""
+    cout = 16 if groups == 1 else 8
+    layer = CondConv2d(8, cout, kernel, padding=kernel // 2, groups=groups, num_experts=4, impl=impl)
+    layer = layer.eval()
+    batch = torch.export.Dim("batch", min=1, max=64)
+    example = _in_layout(torch.randn(2, 8, 6, 6), True)
+    program = torch.export.export(layer, (example,), dynamic_shapes=({0: batch},))
+    for b in (1, 5, 21):
+        x = _in_layout(torch.randn(b, 8, 6, 6), True)
+        out = program.module()(x)
+        assert out.is_contiguous(memory_format=CHANNELS_LAST)
+        torch.testing.assert_close(out, layer(x))

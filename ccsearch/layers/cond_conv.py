@@ -99,6 +99,18 @@ def _tap_reach(start: int, stride: int, outputs: int, size: int) -> tuple[bool, 
     return first_inside <= min(last, size - 1), start >= 0 and last <= size - 1
 
 
+def _channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` lies in channels-last memory.  A map that is both (1x1, or one channel)
+    counts as NCHW: any output of that shape is both too."""
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _rows_as_map(rows: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``[B, H*W, C]`` as ``[B, C, H, W]``: a view, channels-last memory for contiguous rows."""
+    b, _, c = rows.shape
+    return rows.view(b, h, w, c).permute(0, 3, 1, 2)
+
+
 def _pixels_as_rows(x: torch.Tensor) -> torch.Tensor:
     """``[B, C, H, W]`` as ``[B, H*W, C]``: a view for NCHW and for channels-last input."""
     b, c, h, w = x.shape
@@ -208,7 +220,10 @@ class CondConv2d(nn.Module):
     at most ``TAPS_MAX_PIXELS`` pixels; the rest ``conv``.  Traced and exported graphs get
     ``bmm`` (pointwise) or ``conv``.  Without autograd (inference), ``bmm`` and ``conv`` on
     small maps mix and apply kernels ``INFERENCE_CHUNK`` examples at a time, while they are
-    in cache.  All give the same result.
+    in cache.  All give the same result, in the input's memory format (channels-last in,
+    channels-last out, so that the layers after it keep the layout the trainer chose on
+    CUDA), except the pointwise pixels-as-rows products, whose output is channels-last
+    memory also for NCHW input (see ``_forward_experts_pointwise``).
     """
 
     # Measured crossovers on CPU (benchmarks/bench_condconv.py).
@@ -303,7 +318,10 @@ class CondConv2d(nn.Module):
         padding = self.padding
         if self.padding_mode != "zeros" and padding != (0, 0):
             ph, pw = padding
+            channels_last = _channels_last(x)
             x, padding = F.pad(x, (pw, pw, ph, ph), mode=self.padding_mode), (0, 0)
+            if channels_last:  # circular padding returns NCHW
+                x = x.contiguous(memory_format=torch.channels_last)
         impl = self._choose_impl(x, padding)
         if impl == "experts":
             return self._forward_experts_first(x, routing_weights, padding)
@@ -312,9 +330,6 @@ class CondConv2d(nn.Module):
         b, c, h, w = x.shape
         bias = routing_weights @ self.bias if self.bias is not None else None  # [B, out]
         if impl == "bmm":
-            if self.stride != (1, 1):
-                x = x[:, :, :: self.stride[0], :: self.stride[1]]
-                h, w = x.shape[2], x.shape[3]
             out = self._forward_bmm(x, routing_weights)
             return out if bias is None else out + bias.view(b, self.out_channels, 1, 1)
         # Drop the taps that can only meet padding before mixing, not after: less to mix.
@@ -323,21 +338,26 @@ class CondConv2d(nn.Module):
         experts = experts.reshape(self.num_experts, -1)  # [E, P']
         n = self.INFERENCE_CHUNK
         small_maps = c * h * w <= self.INFERENCE_CHUNK_MAX_MAP
+        layout = torch.channels_last if _channels_last(x) else torch.contiguous_format
         if canonical_form() or torch.is_grad_enabled() or b <= n or not small_maps:
-            return self._folded_conv(x, routing_weights @ experts, shape, bias, padding)
+            out = self._folded_conv(x, routing_weights @ experts, shape, bias, padding)
+            return out.contiguous(memory_format=layout)  # see _folded_conv
         # Inference on small maps: a few examples at a time, whose maps stay in cache (a
         # depthwise 5x5 layer, 960 channels, 7 px, batch 64: 2.0 ms in 8 calls, 5.1 in one).
-        chunks = [
-            self._folded_conv(
+        # Each chunk is copied once, into the output in the input's layout.
+        out = None
+        for i in range(0, b, n):
+            chunk = self._folded_conv(
                 x[i : i + n],
                 routing_weights[i : i + n] @ experts,
                 shape,
                 bias[i : i + n] if bias is not None else None,
                 padding,
             )
-            for i in range(0, b, n)
-        ]
-        return torch.cat(chunks)
+            if out is None:
+                out = chunk.new_empty(b, *chunk.shape[1:]).contiguous(memory_format=layout)
+            out[i : i + n] = chunk
+        return out
 
     def _folded_conv(
         self,
@@ -348,7 +368,13 @@ class CondConv2d(nn.Module):
         padding: tuple[int, int],
     ) -> torch.Tensor:
         """One grouped convolution over the batch folded into channels (``groups = B * g``):
-        ``kernels`` is ``[B, P]``, one kernel of ``shape`` (``[out, in/g, kh, kw]``) each."""
+        ``kernels`` is ``[B, P]``, one kernel of ``shape`` (``[out, in/g, kh, kw]``) each.
+
+        Runs and returns NCHW: folding the batch into channels needs ``[B*C, H, W]`` (or
+        ``[H, W, B*C]``), which channels-last memory ``[B, H, W, C]`` is not, so channels-last
+        input is copied once here and the caller copies the output back (the next layer
+        would otherwise convert it, and the layers between run NCHW).
+        """
         b, c, h, w = x.shape
         out = F.conv2d(
             x.reshape(1, b * c, h, w),
@@ -362,24 +388,46 @@ class CondConv2d(nn.Module):
         return out.view(b, self.out_channels, out.shape[-2], out.shape[-1])
 
     def _forward_bmm(self, x: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
-        """Pointwise: mix a kernel per example, then one batched matmul over examples."""
+        """Pointwise: mix a kernel per example, then one batched matmul over examples.
+
+        The product reads the input as it lies, without a copy (a strided layer copies its
+        subsampled input once): NCHW input as columns, ``kernel @ [in, H*W]``, writing NCHW;
+        channels-last input as rows, ``[H*W, in] @ kernel^T``, writing channels-last.  On
+        maps of at most ``BMM_PIXELS_AS_ROWS`` pixels NCHW input runs rows too (BLAS is slow
+        on 4-column products) and its output stays channels-last memory: copying it to NCHW
+        measured slower (``_forward_experts_pointwise`` says why).
+        """
+        channels_last = _channels_last(x)
+        if self.stride != (1, 1):
+            x = x[:, :, :: self.stride[0], :: self.stride[1]]
         b, c, h, w = x.shape
         o, n = self.out_channels, self.INFERENCE_CHUNK
-        if not canonical_form() and h * w <= self.BMM_PIXELS_AS_ROWS:
-            # Few pixels: put them on the rows (BLAS is slow on 4-column products).
-            kernels = (routing_weights @ self.weight).view(b, o, c)  # [B, out, in]
-            out = torch.bmm(_pixels_as_rows(x), kernels.transpose(1, 2))  # [B, H*W, out]
-            return out.view(b, h, w, o).permute(0, 3, 1, 2)  # NCHW shape, channels-last memory
-        columns = x.reshape(b, c, h * w)
-        if canonical_form() or torch.is_grad_enabled() or b <= n:
+        few_pixels = not canonical_form() and h * w <= self.BMM_PIXELS_AS_ROWS
+        if channels_last or few_pixels:
+            data, rows = _pixels_as_rows(x), True  # [B, H*W, in]
+        else:
+            data, rows = x.reshape(b, c, h * w), False  # [B, in, H*W]
+
+        def product(kernels: torch.Tensor, data: torch.Tensor, out=None) -> torch.Tensor:
+            if rows:  # kernels: [B, out, in]
+                return torch.bmm(data, kernels.transpose(1, 2), out=out)  # [B, H*W, out]
+            return torch.bmm(kernels, data, out=out)  # [B, out, H*W]
+
+        if rows and not canonical_form() and torch.is_grad_enabled() and b > 2 * self.num_experts:
+            # Mix the kernels transposed, [B, in, out], as the product reads them: else the
+            # backward copies their [B, P] gradient; this copies the [E, P] experts twice.
+            experts = self.weight.view(-1, o, c).transpose(1, 2).reshape(-1, c * o)
+            kernels = (routing_weights @ experts).view(b, c, o).transpose(1, 2)
+            out = product(kernels, data)
+        elif canonical_form() or torch.is_grad_enabled() or b <= n or few_pixels:
             kernels = (routing_weights @ self.weight).view(b, o, c)  # [B, E] @ [E, P]: [B, P]
-            return torch.bmm(kernels, columns).view(b, o, h, w)  # [B, out, H*W]
-        # Inference: mix and apply a few examples' kernels at a time, while still in cache.
-        out = columns.new_empty(b, o, h * w)
-        for i in range(0, b, n):
-            kernels = (routing_weights[i : i + n] @ self.weight).view(-1, o, c)
-            torch.bmm(kernels, columns[i : i + n], out=out[i : i + n])
-        return out.view(b, o, h, w)
+            out = product(kernels, data)
+        else:  # Inference: mix and apply a few examples' kernels at a time, while in cache.
+            out = data.new_empty(b, h * w, o) if rows else data.new_empty(b, o, h * w)
+            for i in range(0, b, n):
+                kernels = (routing_weights[i : i + n] @ self.weight).view(-1, o, c)
+                product(kernels, data[i : i + n], out=out[i : i + n])
+        return _rows_as_map(out, h, w) if rows else out.view(b, o, h, w)
 
     def _choose_impl(self, x: torch.Tensor, padding: tuple[int, int] | None = None) -> str:
         if self.impl != "auto":
@@ -420,7 +468,8 @@ class CondConv2d(nn.Module):
 
         Elementwise ops only, so the cost does not hang on which convolution backend ATen
         picks (on one thread it runs a folded depthwise conv with a 1x1 kernel and batch 1
-        as a loop over all ``B * C`` groups).  Only the taps used are mixed.
+        as a loop over all ``B * C`` groups).  Only the taps used are mixed.  Elementwise
+        ops keep the input's layout, so the output has it too.
         """
         b, c, h, w = x.shape
         e = self.num_experts
@@ -431,7 +480,9 @@ class CondConv2d(nn.Module):
         rows = [u for u, (meets, _) in enumerate(reach_h) if meets]
         cols = [v for v, (meets, _) in enumerate(reach_w) if meets]
         if not rows or not cols:  # every tap meets only padding
-            out = x.new_zeros(b, c, ho, wo) + 0 * routing_weights.sum()
+            layout = torch.channels_last if _channels_last(x) else torch.contiguous_format
+            out = torch.zeros(b, c, ho, wo, dtype=x.dtype, device=x.device, memory_format=layout)
+            out = out + 0 * routing_weights.sum()
         else:
             r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
             experts = self.weight.view(e, c, kh, kw)[:, :, r0:r1, c0:c1]  # [E, C, R, S]
@@ -467,9 +518,15 @@ class CondConv2d(nn.Module):
         weight = self.weight.view(e, g, out_g, *self.weight_shape[1:]).transpose(0, 1)
         weight = weight.reshape(g * e * out_g, *self.weight_shape[1:])  # [g*E*out/g, in/g, kh, kw]
         y = conv2d_tiny_aware(x, weight, None, self.stride, padding, self.dilation, g)
-        y = y.view(b, g, e, out_g, y.shape[-2], y.shape[-1])  # [B, g, E, out/g, H', W']
-        out = torch.einsum("be,bgeohw->bgohw", routing_weights, y)
-        out = out.reshape(b, self.out_channels, y.shape[-2], y.shape[-1])
+        ho, wo = y.shape[-2:]
+        if _channels_last(x):  # y is channels-last too: mix it as [B, H'*W', g, E, out/g] rows
+            y = _pixels_as_rows(y).view(b, ho * wo, g, e, out_g)
+            out = torch.einsum("be,bpgeo->bpgo", routing_weights, y)
+            out = _rows_as_map(out.reshape(b, ho * wo, self.out_channels), ho, wo)
+        else:
+            y = y.view(b, g, e, out_g, ho, wo)  # [B, g, E, out/g, H', W']
+            out = torch.einsum("be,bgeohw->bgohw", routing_weights, y)
+            out = out.reshape(b, self.out_channels, ho, wo)
         if self.bias is not None:
             out = out + (routing_weights @ self.bias).view(b, self.out_channels, 1, 1)
         return out
@@ -478,17 +535,25 @@ class CondConv2d(nn.Module):
         self, x: torch.Tensor, routing_weights: torch.Tensor
     ) -> torch.Tensor:
         """Pointwise experts first as one matmul over all pixels (a 1x1 conv, without
-        oneDNN's layout conversions), then their outputs mixed per example."""
+        oneDNN's layout conversions), then their outputs mixed per example.
+
+        The output is rows of pixels, channels-last memory, also for NCHW input (the one
+        exception to "output in the input's layout", shared with the pixels-as-rows ``bmm``):
+        on <= 4 output pixels, copying it back to NCHW made a 2 px MBConv stack of CondConv
+        layers (forward + backward, CPU) 3-13% slower than letting the layers after it run
+        channels-last, where the next pointwise layer reads its input without a copy (NCHW
+        input costs one, below).
+        """
         if self.stride != (1, 1):
             x = x[:, :, :: self.stride[0], :: self.stride[1]]
         b, c, h, w = x.shape
         e, o = self.num_experts, self.out_channels
-        rows = _pixels_as_rows(x).reshape(b * h * w, c)  # [B*H*W, in]
+        rows = _pixels_as_rows(x).reshape(b * h * w, c)  # [B*H*W, in]: a copy for NCHW input
         y = (rows @ self.weight.view(e * o, c).t()).view(b, h * w, e, o)  # [B, H*W, E, out]
         out = torch.einsum("be,bpeo->bpo", routing_weights, y)  # [B, H*W, out]
         if self.bias is not None:
             out = out + (routing_weights @ self.bias).view(b, 1, o)
-        return out.view(b, h, w, o).permute(0, 3, 1, 2)  # NCHW shape, channels-last memory
+        return _rows_as_map(out, h, w)  # channels-last memory
 
     def expert_kernels(self) -> torch.Tensor:
         """The experts as ``[E, out, in/g, kh, kw]`` (for references and analysis)."""

@@ -17,6 +17,7 @@ from torch.utils import benchmark
 from ccsearch.arch import ArchSpec, build_model
 from ccsearch.errors import UserError
 from ccsearch.madds import count_madds
+from ccsearch.train.device import prepare
 from ccsearch.validate import at_least
 
 
@@ -42,6 +43,7 @@ def measure_latency(spec: ArchSpec, batches=(1, 32), device: str = "cpu", thread
     """Median latency of ``spec`` (or the given ``model`` of it) against its backbone."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device}: no CUDA device is available here")
+    prepare(torch.device(device))  # cuda:N: the Timer's synchronize acts on the current GPU
     if threads is not None:
         at_least("--threads", threads, 1)
         torch.set_num_threads(threads)

@@ -10,6 +10,7 @@ nothing else.  A run folder (``runs/<study>/``) holds the default SQLite storage
 from __future__ import annotations
 
 import math
+import os
 import secrets
 import shutil
 import warnings
@@ -87,6 +88,11 @@ def create(config: StudyConfig, out: Path, storage_url: str | None = None, data:
         raise UserError(f"{out} already holds a study: pass --resume to continue it, or --out DIR")
     existed = out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:  # the folder's claim, atomic: of two runs started on it at once, one creates
+        os.close(os.open(out / "study.yaml", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        raise UserError(f"{out} already holds a study (another ccsearch run is creating it): "
+                        "pass --resume to continue it, or --out DIR") from None
     try:
         storage = open_storage(storage_url, on_stale=recover)
         space = config.space()
@@ -113,12 +119,12 @@ def create(config: StudyConfig, out: Path, storage_url: str | None = None, data:
                  "storage": shown_url(storage_url)}
         (out / "study.yaml").write_text(yaml.safe_dump(shown, sort_keys=False))
     except optuna.exceptions.DuplicatedStudyError:
-        _remove_if_new(out, existed)
+        _remove_if_new(out, existed, storage_url)
         raise UserError(
             f"study {config.name!r} already exists in {shown_url(storage_url)}: pass --resume"
         ) from None
     except BaseException:
-        _remove_if_new(out, existed)  # nothing half-written is left behind
+        _remove_if_new(out, existed, storage_url)  # nothing half-written is left behind
         raise
     return SearchRun(study, storage, config, space, storage_url, out)
 
@@ -247,6 +253,13 @@ def discard(run: SearchRun, existed: bool) -> None:
     shutil.rmtree(run.out / "ray", ignore_errors=True)
 
 
-def _remove_if_new(out: Path, existed: bool) -> None:
+def _remove_if_new(out: Path, existed: bool, storage_url: str) -> None:
+    """Undo a failed ``create``: what it made, and only that (it holds the folder's claim)."""
     if not existed:
         shutil.rmtree(out, ignore_errors=True)
+        return
+    names = ["study.yaml"]
+    if storage_url == default_storage(out):
+        names += ["study.db", "study.db-wal", "study.db-shm"]
+    for name in names:
+        (out / name).unlink(missing_ok=True)

@@ -28,6 +28,7 @@ from ccsearch.data import (
     load_data,
     prepare_imagenet_cache,
 )
+from ccsearch.data.cache import sha256_file
 from ccsearch.errors import UserError
 
 # ---------------------------------------------------------------- registry and ProxyData
@@ -259,6 +260,8 @@ def test_cache_corruption_is_a_user_error(tmp_path: Path, damage: str, match: st
         np.save(out / "train_y.npy", np.zeros(0, np.int64))
         meta = json.loads(manifest.read_text())
         meta["files"]["train_x.npy"]["shape"], meta["files"]["train_y.npy"]["shape"] = [0, 8, 8, 3], [0]
+        for name in ("train_x.npy", "train_y.npy"):  # as that prepare-data hashed them
+            meta["files"][name]["sha256"] = sha256_file(out / name)
         manifest.write_text(json.dumps(meta))
     with pytest.raises(UserError, match=match) as err:
         load_data("imagenet", out, resolution=8)
@@ -274,6 +277,8 @@ def test_cache_checksum_verification(tmp_path: Path) -> None:
     load_cache(out)  # the cheap check cannot see it
     with pytest.raises(UserError, match="checksum mismatch"):
         load_cache(out, verify=True)
+    with pytest.raises(UserError, match=f"checksum mismatch: {out / 'train_x.npy'}"):
+        load_data("imagenet", out, resolution=8)  # what run, worker and train load
 
 
 # -------------------------------------------------------------------- downsampled

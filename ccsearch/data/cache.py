@@ -262,8 +262,12 @@ def load_cache(cache_dir: str | Path, *, verify: bool = False) -> ProxyData:
 
 
 def load_imagenet_cache(root: Path, options: DataOptions) -> ProxyData:
-    """A cache as a proxy: class subset and cap as for JPEGs; only downscaling is allowed."""
-    data = load_cache(root)
+    """A cache as a proxy: class subset and cap as for JPEGs; only downscaling is allowed.
+
+    Every file is checked against its SHA-256 first (once per process: a run, each worker,
+    the Ray driver), so a changed file stops a search before any training; it costs one
+    read of the cache, ~1.4 GB/s of hashing (ImageNet-100 at 64 px: about 1 s)."""
+    data = load_cache(root, verify=True)
     if options.resolution > data.resolution:
         raise UserError(
             f"cache {root} holds {data.resolution}px images; cannot serve {options.resolution}px "

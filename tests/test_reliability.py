@@ -7,6 +7,8 @@ import subprocess
 
 from _study import assert_study_sound, cli_argv, load, write_tiny_study
 
+from ccsearch.arch import spec_digest
+
 
 def test_two_runs_started_on_one_folder_at_once_leave_one_sound_study(tmp_path):
     """Whatever the interleaving, one run creates the study and trains it; the other is
@@ -23,3 +25,68 @@ def test_two_runs_started_on_one_folder_at_once_leave_one_sound_study(tmp_path):
     assert len(refused.strip().splitlines()) == 1
     assert_study_sound(load(out), trained=1, budget=42_000_000)
     assert (out / "study.yaml").read_text().strip()  # the winner's, whole
+
+
+KILLED_BEFORE_TELL = '''
+import os, signal, sys
+from pathlib import Path
+from ccsearch.search import load_study_config, record as rec, run as search_run
+from ccsearch.search.backends.local import InProcess
+from ccsearch.search.record import Status
+from ccsearch.train import TrainResult
+
+def trainer(spec, seed, on_epoch):
+    on_epoch(1, 55.0)
+    return TrainResult(status="ok", top1=55.0, curve=[55.0], epochs=1, device="cpu",
+                       wall_time=0.01)
+
+real_tell = rec.tell
+def tell(study, trial, record, values=None):
+    if record.status == Status.OK:  # the record says ok; Optuna has not been told
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_tell(study, trial, record, values)
+rec.tell = tell
+search = search_run.create(load_study_config(sys.argv[1]), Path(sys.argv[2]))
+InProcess(trainer=trainer).run(search)
+'''
+
+
+def test_a_kill_between_a_trials_last_record_and_its_tell_keeps_its_result_once(tmp_path):
+    """The process dies after recording "ok" and before telling Optuna: the result is kept
+    (as a finished copy), the dead trial reads as interrupted, and its architecture is
+    not trained again."""
+    import signal
+    import sys
+
+    from ccsearch.search import load_study_config
+    from ccsearch.search import run as search_run
+    from ccsearch.search.backends.local import InProcess
+    from ccsearch.search.record import Status, TrialState, read_all
+    from ccsearch.train import TrainResult
+
+    files = write_tiny_study(tmp_path, trials=2)
+    out = tmp_path / "run"
+    child = subprocess.run([sys.executable, "-c", KILLED_BEFORE_TELL, str(files / "study.yaml"),
+                            str(out)], capture_output=True, text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    (killed,) = [r for r in read_all(load(out)) if r.state == TrialState.RUNNING]
+    assert killed.status == Status.OK  # recorded, never told
+
+    trained = []
+
+    def trainer(spec, seed, on_epoch):
+        trained.append(spec)
+        on_epoch(1, 60.0)
+        return TrainResult(status="ok", top1=60.0, curve=[60.0], epochs=1, device="cpu",
+                           wall_time=0.01)
+
+    search, _ = search_run.resume(load_study_config(files / "study.yaml"), out)
+    InProcess(trainer=trainer).run(search)
+    records = read_all(load(out))
+    dead = records[killed.number]
+    assert dead.status == Status.INTERRUPTED and "kept as a finished copy" in dead.reason
+    (copy,) = [r for r in records if r.digest == killed.digest and r.trained]
+    assert copy.status == Status.OK and copy.top1 == 55.0
+    assert killed.digest not in {spec_digest(s) for s in trained}, "trained again"
+    assert len(trained) == 1  # the study's second candidate only
+    assert_study_sound(load(out), trained=2, budget=42_000_000)

@@ -161,11 +161,10 @@ def read(trial: optuna.trial.FrozenTrial) -> TrialRecord:
     record = TrialRecord.from_dict(trial.user_attrs.get(KEY) or {}, trial.number, trial.state)
     record.reference = record.reference or trial.user_attrs.get(REFERENCE, "")  # even queued
     if trial.state == TrialState.FAIL and record.status not in (Status.FAILED, Status.INTERRUPTED):
-        kept = trial.system_attrs.get("kept_as")
+        recorded = record.status not in (None, Status.BACKED_OFF)  # recovery.recover kept it
         record.status = Status.INTERRUPTED
         record.reason = "its process died" + (
-            f" after recording its result, which is kept as trial {kept}" if kept is not None else ""
-        )
+            " after recording its result, which is kept as a finished copy" if recorded else "")
     return record
 
 

@@ -90,3 +90,57 @@ def test_a_kill_between_a_trials_last_record_and_its_tell_keeps_its_result_once(
     assert killed.digest not in {spec_digest(s) for s in trained}, "trained again"
     assert len(trained) == 1  # the study's second candidate only
     assert_study_sound(load(out), trained=2, budget=42_000_000)
+
+
+KILLED_IN_COUNT = '''
+import os, signal, sys
+from pathlib import Path
+from ccsearch.search import load_study_config, objective, run as search_run
+from ccsearch.search.backends.local import InProcess
+
+def count_madds(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)  # inside the first MADD count
+
+objective.count_madds = count_madds
+search = search_run.create(load_study_config(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])
+InProcess(trainer=lambda spec, seed, on_epoch: None).run(search)
+'''
+
+
+def test_a_kill_inside_the_madd_count_is_retried_once(tmp_path):
+    """Killed while counting its first candidate: on a journal storage (no heartbeats) the
+    record written before the count names its dead owner, so the next process fails the
+    trial at once and retries its architecture once."""
+    import signal
+    import sys
+
+    from ccsearch.search import load_study_config
+    from ccsearch.search import run as search_run
+    from ccsearch.search.backends.local import InProcess
+    import optuna
+
+    from ccsearch.search.record import Status, TrialState, read_all
+    from ccsearch.search.storage import open_storage
+    from ccsearch.train import TrainResult
+
+    files = write_tiny_study(tmp_path, trials=2)
+    out, storage = tmp_path / "run", f"journal:{tmp_path / 'journal.log'}"
+    child = subprocess.run([sys.executable, "-c", KILLED_IN_COUNT, str(files / "study.yaml"),
+                            str(out), storage], capture_output=True, text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    stored = optuna.load_study(study_name="tiny", storage=open_storage(storage))
+    (killed,) = [r for r in read_all(stored) if r.state == TrialState.RUNNING]
+    assert killed.owner and killed.status is None  # who held it, and nothing more
+    search, _ = search_run.resume(load_study_config(files / "study.yaml"), out, storage)
+
+    def trainer(spec, seed, on_epoch):
+        on_epoch(1, 60.0)
+        return TrainResult(status="ok", top1=60.0, curve=[60.0], epochs=1, device="cpu",
+                           wall_time=0.01)
+
+    InProcess(trainer=trainer).run(search)
+    records = read_all(search.study)
+    assert records[killed.number].status == Status.INTERRUPTED
+    (retry,) = [t for t in search.study.trials if t.system_attrs.get("retry_of") == killed.number]
+    assert records[retry.number].trained and retry.params == search.study.trials[killed.number].params
+    assert_study_sound(search.study, trained=2, budget=42_000_000)

@@ -114,11 +114,11 @@ def test_a_kill_inside_the_madd_count_is_retried_once(tmp_path):
     import signal
     import sys
 
+    import optuna
+
     from ccsearch.search import load_study_config
     from ccsearch.search import run as search_run
     from ccsearch.search.backends.local import InProcess
-    import optuna
-
     from ccsearch.search.record import Status, TrialState, read_all
     from ccsearch.search.storage import open_storage
     from ccsearch.train import TrainResult

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import os
 import sys
@@ -770,7 +771,9 @@ def cmd_results(args: argparse.Namespace) -> int:
         if search.out is not None and (table["retrain"] != "").any():
             text += f"retrain a trial exactly: ccsearch train --from-trial {search.out} N\n"
     if args.out:
-        Path(args.out).write_text(text)
+        from ccsearch.run_report import atomic_write
+
+        atomic_write(Path(args.out), text)
         print(f"{plural(len(table), 'row')} written to {args.out}")
     else:
         sys.stdout.write(text)
@@ -1004,6 +1007,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -1018,6 +1024,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `ccsearch backbones | head`
         sys.stderr.close()
         return 0
+    except OSError as err:  # a full disk, a read-only folder: every write is atomic, so
+        if err.errno not in WRITE_FAILURES:  # the file it would replace is unchanged
+            raise
+        where = f": {err.filename}" if err.filename else ""
+        print(f"ccsearch: error: cannot write{where}: {err.strerror}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # Ctrl-C: finished trials are in the storage already
         again = " (continue it with the same command and --resume)" if args.command == "run" else ""
         print(f"\nccsearch: interrupted{again}", file=sys.stderr)

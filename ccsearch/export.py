@@ -22,6 +22,7 @@ file; nothing on that path unpickles.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import shutil
@@ -108,8 +109,13 @@ def export_model(
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         tmp.rename(out)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) or "No space left on device" in str(err):
+            # safetensors and torch.export wrap a full disk in errors of their own
+            code = err.errno if isinstance(err, OSError) else errno.ENOSPC
+            strerror = err.strerror if isinstance(err, OSError) else "No space left on device"
+            raise OSError(code, f"{strerror} (the previous export is unchanged)", str(out)) from None
         raise
     return out
 

@@ -47,6 +47,10 @@ def atomic_write(path: Path, text: str) -> None:
             f.write(text)
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from the rest of a team
         os.replace(tmp, path)
+    except OSError as err:  # a full disk: say which file, not the temporary one
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(err.errno, f"{err.strerror} (the previous file is unchanged)",
+                      str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

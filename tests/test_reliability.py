@@ -3,11 +3,14 @@ finished trial."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 
+import pytest
 from _study import assert_study_sound, cli_argv, load, write_tiny_study
 
 from ccsearch.arch import spec_digest
+from ccsearch.cli import main
 
 
 def test_two_runs_started_on_one_folder_at_once_leave_one_sound_study(tmp_path):
@@ -144,3 +147,58 @@ def test_a_kill_inside_the_madd_count_is_retried_once(tmp_path):
     (retry,) = [t for t in search.study.trials if t.system_attrs.get("retry_of") == killed.number]
     assert records[retry.number].trained and retry.params == search.study.trials[killed.number].params
     assert_study_sound(search.study, trained=2, budget=42_000_000)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real file system of 16 MiB (tmpfs) and a function that fills it to the last byte."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
+
+    def fill() -> None:
+        with contextlib.suppress(OSError), open(folder / "filler", "wb", buffering=0) as f:
+            for size in (1 << 20, 4096, 1):  # to the last byte
+                with contextlib.suppress(OSError):
+                    while True:
+                        f.write(b"\0" * size)
+
+    try:
+        yield folder, fill
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def _one_line_error(capsys, code: int) -> str:
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "No space left on device" in err
+    return err
+
+
+def _snapshot(folder) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+            and p.name != "filler"}
+
+
+def test_a_full_disk_leaves_the_previous_results_dashboard_and_export_whole(
+        tiny_runs, full_disk, capsys):
+    disk, fill = full_disk
+    run = str(tiny_runs[0])
+    assert main(["results", run, "--format", "csv", "-o", str(disk / "results.csv")]) == 0
+    assert main(["dashboard", run, "-o", str(disk / "page.html")]) == 0
+    assert main(["export", run, "--trial", "best", "-o", str(disk / "best")]) == 0
+    before = _snapshot(disk)
+    capsys.readouterr()
+    fill()
+    err = _one_line_error(capsys, main(["results", run, "--format", "csv",
+                                        "-o", str(disk / "results.csv")]))
+    assert str(disk / "results.csv") in err
+    err = _one_line_error(capsys, main(["dashboard", run, "-o", str(disk / "page.html")]))
+    assert str(disk / "page.html") in err
+    _one_line_error(capsys, main(["export", run, "--trial", "best", "-o", str(disk / "best"),
+                                  "--force"]))
+    assert _snapshot(disk) == before  # every previous file whole, no temporary left

@@ -24,6 +24,7 @@ from ccsearch.search.backends.ray_tune import ray_trial_device
 from ccsearch.search.backends.workers import worker_devices
 from ccsearch.train import get_proxy, train_candidate
 from ccsearch.train.device import (
+    DeviceData,
     amp_dtype,
     amp_dtype_for,
     device_data,
@@ -122,7 +123,7 @@ def test_read_only_arrays_reach_the_device_without_a_host_copy(digits, tmp_path)
     data = _read_only(digits, tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # not even torch's "array is not writable" warning
-        on_device = device_data(data, CPU)
+        on_device = DeviceData.from_proxy_data(data, CPU)  # the upload itself, not the cache
     for name in ("train_x", "val_x"):
         tensor, array = getattr(on_device, name), getattr(data, name)
         assert tensor.data_ptr() == array.ctypes.data  # the memory map itself

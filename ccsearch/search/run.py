@@ -69,6 +69,9 @@ class RunFiles:
     top: pd.Series | None  # the front's row that best_arch.json holds
 
 
+CREATING = ".creating"  # held while ``create`` makes a run folder's study
+
+
 def default_storage(out: Path) -> str:
     return f"sqlite:///{(out / 'study.db').resolve()}"
 
@@ -88,11 +91,15 @@ def create(config: StudyConfig, out: Path, storage_url: str | None = None, data:
         raise UserError(f"{out} already holds a study: pass --resume to continue it, or --out DIR")
     existed = out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    claim = out / CREATING
     try:  # the folder's claim, atomic: of two runs started on it at once, one creates
-        os.close(os.open(out / "study.yaml", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
-        raise UserError(f"{out} already holds a study (another ccsearch run is creating it): "
-                        "pass --resume to continue it, or --out DIR") from None
+        raise UserError(f"another ccsearch run is creating a study in {out} (if none is, "
+                        f"remove {claim}): pass --resume to continue it, or --out DIR") from None
+    if (out / "study.db").exists() or (out / "study.yaml").exists():  # made meanwhile
+        claim.unlink()
+        raise UserError(f"{out} already holds a study: pass --resume to continue it, or --out DIR")
     try:
         storage = open_storage(storage_url, on_stale=recover)
         space = config.space()
@@ -117,7 +124,8 @@ def create(config: StudyConfig, out: Path, storage_url: str | None = None, data:
             study.enqueue_trial({}, user_attrs={rec.REFERENCE: name}, skip_if_exists=False)
         shown = {"study": config.to_dict(), "search_space": space_dict(space), "data": data,
                  "storage": shown_url(storage_url)}
-        (out / "study.yaml").write_text(yaml.safe_dump(shown, sort_keys=False))
+        (out / "study.yaml").write_text(yaml.safe_dump(shown, sort_keys=False))  # last: readers
+        claim.unlink()  # wait for it to open the study
     except optuna.exceptions.DuplicatedStudyError:
         _remove_if_new(out, existed, storage_url)
         raise UserError(
@@ -245,11 +253,10 @@ def discard(run: SearchRun, existed: bool) -> None:
     of its own) and the run folder, or what ``create`` wrote into a folder that existed."""
     if run.storage_url != default_storage(run.out):
         optuna.delete_study(study_name=run.config.name, storage=run.storage)
-    if not existed:
-        shutil.rmtree(run.out, ignore_errors=True)
-        return
-    for name in ("study.db", "study.yaml"):
-        (run.out / name).unlink(missing_ok=True)
+    engine = getattr(run.storage, "engine", None)
+    if engine is not None:
+        engine.dispose()  # SQLite's write-ahead log goes with the last connection
+    _remove_if_new(run.out, existed, run.storage_url)
     shutil.rmtree(run.out / "ray", ignore_errors=True)
 
 
@@ -258,7 +265,7 @@ def _remove_if_new(out: Path, existed: bool, storage_url: str) -> None:
     if not existed:
         shutil.rmtree(out, ignore_errors=True)
         return
-    names = ["study.yaml"]
+    names = ["study.yaml", CREATING]
     if storage_url == default_storage(out):
         names += ["study.db", "study.db-wal", "study.db-shm"]
     for name in names:

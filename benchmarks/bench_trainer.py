@@ -33,7 +33,6 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -46,7 +45,7 @@ from ccsearch.arch import build_model  # noqa: E402
 from ccsearch.arch.resolve import resolve_spec  # noqa: E402
 from ccsearch.errors import UserError  # noqa: E402
 from ccsearch.train.augment import random_crop_flip  # noqa: E402
-from ccsearch.train.device import amp_dtype  # noqa: E402
+from ccsearch.train.device import mixed_precision  # noqa: E402
 from ccsearch.train.proxy import ProxyConfig, get_proxy, load_proxy_data  # noqa: E402
 from ccsearch.train.trainer import (  # noqa: E402
     DeviceData,
@@ -98,11 +97,8 @@ def capped(data: DeviceData, batch_size: int, steps: int | None) -> DeviceData:
 
 
 def amp_setup(device: torch.device):
-    """What the trainer uses: autocast bf16 from Ampere on, fp16 + GradScaler before it."""
-    dtype = amp_dtype(device)
-    autocast = torch.autocast("cuda", dtype=dtype) if dtype else nullcontext()
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    return autocast, scaler
+    """What the trainer uses (``ccsearch.train.device.mixed_precision``)."""
+    return mixed_precision(device)
 
 
 def plain_sgd(model: torch.nn.Module, proxy: ProxyConfig) -> torch.optim.SGD:

@@ -111,11 +111,11 @@ def export_model(
         tmp.rename(out)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, OSError) or "No space left on device" in str(err):
-            # safetensors and torch.export wrap a full disk in errors of their own
-            code = err.errno if isinstance(err, OSError) else errno.ENOSPC
-            strerror = err.strerror if isinstance(err, OSError) else "No space left on device"
-            raise OSError(code, f"{strerror} (the previous export is unchanged)", str(out)) from None
+        unchanged = "(the previous export is unchanged)"
+        if isinstance(err, OSError):
+            raise OSError(err.errno, f"{err.strerror} {unchanged}", str(out)) from None
+        if "No space left on device" in str(err):  # safetensors and torch.export wrap it
+            raise OSError(errno.ENOSPC, f"No space left on device {unchanged}", str(out)) from None
         raise
     return out
 

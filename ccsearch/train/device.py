@@ -48,6 +48,17 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
     return amp_dtype_for(torch.cuda.get_device_capability(device))
 
 
+def mixed_precision(device: torch.device):
+    """The autocast context and gradient scaler of training on ``device``: fp16 (pre-Ampere
+    GPUs) needs loss scaling, whose step reads the overflow flag (a sync); bf16 and the
+    CPU's fp32 need none."""
+    from contextlib import nullcontext
+
+    dtype = amp_dtype(device)
+    autocast = torch.autocast("cuda", dtype=dtype) if dtype else nullcontext()
+    return autocast, torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+
+
 def prepare(device: torch.device) -> None:
     """Make ``device`` this process's current GPU (nothing then touches GPU 0 by default),
     and let cuDNN pick its fastest kernels: a trial's shapes are fixed (the ragged last

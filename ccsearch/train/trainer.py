@@ -206,10 +206,7 @@ def _train(
     cuda = device.type == "cuda"
     if cuda:
         model = model.to(memory_format=torch.channels_last)
-    amp_dtype = placement.amp_dtype(device)
-    autocast = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else nullcontext()
-    # fp16 (pre-Ampere GPUs) needs loss scaling; its step reads the overflow flag, a sync
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    autocast, scaler = placement.mixed_precision(device)
 
     n = len(data.train_y)
     batch_size = min(proxy.batch_size, n)

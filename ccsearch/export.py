@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import logging
 import shutil
@@ -82,7 +83,11 @@ def export_model(
 
         save_model(model, str(tmp / "model.safetensors"))
         example = torch.randn(2, 3, 224, 224)
-        torch.export.save(_export_program(model, example), str(tmp / "model.pt2"))
+        # Into memory first: torch's C++ archive writer aborts the whole process when
+        # the disk fills mid-write; Python's write raises OSError (ENOSPC) instead.
+        program = io.BytesIO()
+        torch.export.save(_export_program(model, example), program)
+        (tmp / "model.pt2").write_bytes(program.getbuffer())
         files = ["arch.json", "model.safetensors", "model.pt2"]
         onnx_check = None
         if onnx:

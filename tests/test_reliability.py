@@ -152,10 +152,10 @@ def test_a_kill_inside_the_madd_count_is_retried_once(tmp_path):
 
 @pytest.fixture
 def full_disk(tmp_path):
-    """A real file system of 16 MiB (tmpfs) and a function that fills it to the last byte."""
+    """A real file system of 64 MiB (tmpfs: a page and an export fit, whichever trial is best) and a function that fills it to the last byte."""
     folder = tmp_path / "disk"
     folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)],
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(folder)],
                              capture_output=True, text=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
@@ -170,7 +170,7 @@ def full_disk(tmp_path):
     try:
         yield folder, fill
     finally:
-        subprocess.run(["umount", str(folder)], check=True)
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
 
 
 def _one_line_error(capsys, code: int) -> str:

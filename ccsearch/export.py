@@ -119,7 +119,7 @@ def export_model(
         unchanged = "(the previous export is unchanged)"
         if isinstance(err, OSError):
             raise OSError(err.errno, f"{err.strerror} {unchanged}", str(out)) from None
-        if "No space left on device" in str(err):  # safetensors and torch.export wrap it
+        if "No space left on device" in str(err):  # safetensors wraps it
             raise OSError(errno.ENOSPC, f"No space left on device {unchanged}", str(out)) from None
         raise
     return out

@@ -17,7 +17,7 @@ def load(path):
     return _load(path)
 
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ArchSpec",

@@ -106,7 +106,7 @@ def _print_madds(spec: ArchSpec, report: MaddsReport) -> None:
 
 
 def cmd_madds(args: argparse.Namespace) -> int:
-    spec = resolve_spec(args.model, args.condconv, args.experts, args.routing, args.width)
+    spec = _spec_from_args(args, args.model)
     report = count_madds(spec, resolution=args.resolution, convention=args.convention)
     moe = None
     if args.moe:
@@ -173,7 +173,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         if args.model is None:
             raise UserError("ccsearch train needs MODEL (a backbone or spec .json), or --from-trial RUN N")
-        spec = resolve_spec(args.model, args.condconv, args.experts, args.routing, args.width)
+        spec = _spec_from_args(args, args.model)
         proxy = get_proxy(args.proxy or "smoke", epochs=args.epochs, batch_size=args.batch_size,
                           lr=args.lr)
         seed = args.seed or 0
@@ -258,7 +258,8 @@ def _trial_to_reproduce(args: argparse.Namespace):
     from ccsearch.search.reproduce import trial_inputs
 
     folder, number = args.from_trial
-    if args.model is not None or args.condconv or args.experts or args.routing or args.width != 1.0:
+    if (args.model is not None or args.condconv or args.experts or args.routing
+            or args.calibrated_routing or args.width != 1.0):
         raise UserError("--from-trial takes the trial's architecture: drop MODEL and the "
                         "--condconv/--experts/--routing/--width options")
     for name in ("proxy", "epochs", "batch_size", "lr"):
@@ -611,7 +612,7 @@ def _export_source(args: argparse.Namespace):
         return ArchSpec.from_dict(record.spec), provenance
     if args.trial != "best" or budget is not None:
         raise UserError("--trial and --budget choose from a run folder; MODEL is exported as given")
-    spec = resolve_spec(args.source, args.condconv, args.experts, args.routing, args.width)
+    spec = _spec_from_args(args, args.source)
     return spec, {"model": args.source}
 
 
@@ -678,7 +679,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
         model = load(args.model)
         spec = ArchSpec.from_dict(json.loads(Path(args.model, "arch.json").read_text())["spec"])
     else:
-        spec = resolve_spec(args.model, args.condconv, args.experts, args.routing, args.width)
+        spec = _spec_from_args(args, args.model)
     try:
         batches = [int(b) for b in args.batch.split(",")]
     except ValueError:
@@ -835,7 +836,18 @@ def _add_model_arguments(p: argparse.ArgumentParser, positional: str | None = "m
     p.add_argument(
         "--routing", choices=ROUTING_ACTIVATIONS, help="routing activation (default sigmoid)"
     )
+    p.add_argument(
+        "--calibrated-routing", action="store_true",
+        help="start every routing activation like sigmoid (what search spaces use by "
+             "default; without it: the paper's raw routing)",
+    )
     p.add_argument("--width", type=float, default=1.0, help="width multiplier (default 1.0)")
+
+
+def _spec_from_args(args: argparse.Namespace, model: str) -> ArchSpec:
+    """MODEL with the options of ``_add_model_arguments`` applied."""
+    return resolve_spec(model, args.condconv, args.experts, args.routing, args.width,
+                        calibrated_routing=args.calibrated_routing)
 
 
 def build_parser() -> argparse.ArgumentParser:

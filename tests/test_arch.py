@@ -264,3 +264,54 @@ def test_model_is_a_backbone_name_or_a_spec_file(tmp_path):
         resolve_spec("specs/mnasnet")  # a path, not a backbone name
     with pytest.raises(UserError, match="unknown backbone 'mnasnet_b9'; shipped: mnasnet_a1"):
         resolve_spec("mnasnet_b9")
+
+
+def _calibrated_routing_at_start(activation: str) -> torch.Tensor:
+    torch.manual_seed(0)
+    spec = get_backbone("mobilenet_v1", 0.25).with_condconv(list(range(1, 14)), 32, activation)
+    model = build_model(replace(spec, calibrated_routing=True)).train()
+    with torch.no_grad():
+        model(torch.randn(32, 3, 64, 64))
+    return torch.stack([b.routing.last_weights for g in model.groups for b in g])  # [13, B, E]
+
+
+@pytest.mark.parametrize("activation", ROUTING_ACTIVATIONS)
+def test_calibrated_routing_starts_every_activation_like_sigmoid(activation):
+    """The raw tanh and ReLU starts (above) mix near-zero kernels; calibrated, every
+    activation starts as sigmoid does: weights near 1/2, one kernel of mass ~E/2 shared by
+    the examples (benchmarks/README.md, "The cause, and a calibrated routing")."""
+    r = _calibrated_routing_at_start(activation)
+    mass = r.sum(2)  # [13, B]
+    assert mass.mean().item() == pytest.approx(16, rel=0.05)
+    assert r.mean().item() == pytest.approx(0.5, abs=0.03)
+    assert (r > 0).all()  # no expert starts off, for any example (ReLU too)
+    assert r.std(dim=1).mean().item() < 0.1  # close to one shared kernel at the start
+
+
+def test_calibrated_sigmoid_network_is_the_raw_one():
+    spec = get_backbone("mnasnet_a1").with_condconv([6, 7], 8, "sigmoid")
+    calibrated = replace(spec, calibrated_routing=True)
+    assert spec_digest(calibrated) == spec_digest(spec)
+    torch.manual_seed(0)
+    a = build_model(spec).eval()
+    torch.manual_seed(0)
+    b = build_model(calibrated).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+
+
+def test_calibrated_routing_is_in_the_spec_and_its_digest_only_where_it_changes_routing():
+    base = get_backbone("mnasnet_a1")
+    tanh = base.with_condconv([5], 4, "tanh")
+    calibrated = replace(tanh, calibrated_routing=True)
+    assert spec_digest(calibrated) != spec_digest(tanh)
+    assert spec_digest(replace(base, calibrated_routing=True)) == spec_digest(base)
+    assert ArchSpec.from_json(calibrated.to_json()) == calibrated
+    old = tanh.to_dict()
+    del old["calibrated_routing"]  # a spec written before the field: the paper's routing
+    assert ArchSpec.from_dict(old) == tanh and not ArchSpec.from_dict(old).calibrated_routing
+    block = build_model(calibrated).groups[4][0]
+    assert block.routing.calibrated and not build_model(tanh).groups[4][0].routing.calibrated
+    with pytest.raises(UserError, match="calibrated_routing must be true or false, got 'yes'"):
+        replace(tanh, calibrated_routing="yes")

@@ -78,6 +78,26 @@ def test_export_best_loads_back_in_fresh_processes(finished_run, tmp_path, capsy
     np.testing.assert_allclose(program, expected, atol=1e-5)
 
 
+def test_calibrated_routing_exports_and_loads_as_the_same_function(tmp_path):
+    """``--calibrated-routing`` is part of the architecture: arch.json keeps it, and the
+    reloaded module and the torch-only program compute the same calibrated ReLU routing."""
+    out = tmp_path / "calibrated"
+    argv = [*SMALL, "--routing", "relu", "--calibrated-routing", "-o", str(out)]
+    assert main(["export", *argv]) == 0
+    meta = json.loads((out / "arch.json").read_text())
+    assert meta["spec"]["calibrated_routing"] is True
+    raw = get_backbone("mobilenet_v1", 0.25).with_condconv([12, 13], 4, "relu")
+    assert meta["madds"] == count_madds(raw).madds  # calibration adds no counted op
+    model = ccsearch.load(out)
+    assert all(b.routing.calibrated for g in model.groups[11:] for b in g)
+    x = torch.randn(2, 3, 224, 224)  # the program's resolution
+    with torch.no_grad():
+        expected = model(x).numpy()
+    program = _outputs_in_a_fresh_process(
+        f"model = torch.export.load({str(out / 'model.pt2')!r}).module()", out, x)
+    np.testing.assert_allclose(program, expected, atol=1e-5)
+
+
 def test_trained_weights_export_to_onnx_with_a_dynamic_batch(tmp_path):
     """Train the full model (``--save``), export it with those weights and ``--onnx``:
     onnxruntime agrees with PyTorch at batch sizes 1 and 3."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -119,6 +121,44 @@ def test_routing_starts_with_zero_bias_and_timm_weights(activation):
     bound = 1 / (512 + 32) ** 0.5  # timm: uniform(+-1/sqrt(fan_in + fan_out))
     assert routing.fc.weight.abs().max().item() <= bound
     assert routing.fc.weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.05)
+
+
+@pytest.mark.parametrize("activation", ROUTING_ACTIVATIONS)
+def test_calibrated_routing_is_sigmoids_slope_and_start_for_every_activation(activation):
+    """Calibrated: logits ``b + W x / 4``, bias where the activation is 1/2, softmax and
+    ReLU scaled to mass E/2; sigmoid is the paper's function, bit for bit."""
+    torch.manual_seed(1)
+    E = 6
+    calibrated = Routing(10, E, activation, calibrated=True)
+    raw = Routing(10, E, activation)
+    raw.load_state_dict(calibrated.state_dict())
+    x = torch.randn(4, 10, 5, 5)
+    pooled = x.mean(dim=(2, 3))
+    if activation == "sigmoid":
+        assert not calibrated.fc.bias.any()
+        assert torch.equal(calibrated(x), raw(x))
+        return
+    start = {"softmax": 0.0, "tanh": math.atanh(0.5), "relu": 0.5}[activation]
+    torch.testing.assert_close(calibrated.fc.bias, torch.full((E,), start))
+    logits = (pooled / 4) @ calibrated.fc.weight.T + calibrated.fc.bias
+    if activation == "softmax":
+        expected = torch.softmax(logits, 1) * E / 2
+    elif activation == "tanh":
+        expected = torch.tanh(logits)
+    else:
+        expected = torch.relu(logits) / torch.relu(logits).sum(1, keepdim=True) * E / 2
+    torch.testing.assert_close(calibrated(x), expected)
+    assert not torch.allclose(raw(x), expected)  # the raw routing is another function
+    # Where a centred input puts it (pooled ~ 0): every weight 1/2, as sigmoid starts.
+    torch.testing.assert_close(calibrated(torch.zeros(2, 10, 3, 3)), torch.full((2, E), 0.5))
+
+
+def test_calibrated_relu_routing_with_every_expert_off_gives_zero_weights():
+    routing = Routing(4, 3, "relu", calibrated=True)
+    with torch.no_grad():
+        routing.fc.bias.fill_(-10.0)
+    r = routing(torch.randn(2, 4, 3, 3))
+    assert torch.isfinite(r).all() and not r.any()
 
 
 def test_routing_switched_on_start_is_an_option():

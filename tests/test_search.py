@@ -65,6 +65,29 @@ def test_shipped_studies_reproduce_the_papers_experiments():
     assert set(load_search_space("mobilenet_v1_se_vs_condconv").grid()) == {"se", "condconv"}
 
 
+def test_spaces_sample_calibrated_routing_unless_they_reproduce_the_papers_routing(tmp_path):
+    def sampled(space):
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        return [space.sample(study.ask()) for _ in range(5)]
+
+    headline = load_search_space("mnasnet_a1")
+    assert headline.calibrated_routing
+    assert all(spec.calibrated_routing for spec in sampled(headline))
+    paper = load_search_space("mobilenet_v1_routing")  # the paper's ReLU < tanh < sigmoid
+    assert not paper.calibrated_routing
+    assert not any(spec.calibrated_routing for spec in sampled(paper))
+    # A study's references with CondConv route as its candidates do.
+    study = tmp_path / "study.yaml"
+    study.write_text("search_space: mnasnet_a1\nbudget: 400M\nreferences:\n"
+                     "  tanh: {model: mnasnet_a1, condconv: '5', routing: tanh}\n"
+                     "  baseline: mnasnet_a1\n")
+    specs = load_study_config(study).reference_specs()
+    assert specs["tanh"].calibrated_routing and specs["tanh"].routing_is_calibrated()
+    assert not specs["baseline"].routing_is_calibrated()
+    study.write_text(study.read_text().replace("mnasnet_a1\nbudget", "mobilenet_v1_routing\nbudget"))
+    assert not load_study_config(study).reference_specs()["tanh"].calibrated_routing
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
@@ -72,6 +95,8 @@ def test_shipped_studies_reproduce_the_papers_experiments():
         ("backbone: mnasnet_a1\ngroups: [8]\n", "groups [8] do not exist"),
         ("backbone: mnasnet_a1\nexperts: [0, 4]\n", "experts must be a list of integers >= 1"),
         ("backbone: mnasnet_a1\nrouting: [gelu]\n", "routing must be a list"),
+        ("backbone: mnasnet_a1\ncalibrated_routing: yes please\n",
+         "calibrated_routing must be true or false, got 'yes please'"),
         ("backbone: mnasnet_a1\nplacment: one\n", "unknown field(s) ['placment']"),
         ("groups: all\n", "the field 'backbone' is required"),
         ("backbone: [oops\n", "invalid YAML"),

@@ -78,9 +78,9 @@ class Block(nn.Module):
 
     drop_connect: float = 0.0  # chance of dropping the residual branch per example in training
 
-    def __init__(self, in_ch: int, experts: int, routing: str):
+    def __init__(self, in_ch: int, experts: int, routing: str, calibrated: bool = False):
         super().__init__()
-        self.routing = Routing(in_ch, experts, routing) if experts else None
+        self.routing = Routing(in_ch, experts, routing, calibrated=calibrated) if experts else None
 
     def route(self, x: torch.Tensor) -> torch.Tensor | None:
         return self.routing(x) if self.routing is not None else None
@@ -103,8 +103,9 @@ class Block(nn.Module):
 class DepthwiseSeparable(Block):
     """Depthwise kxk -> [SE] -> pointwise 1x1 (MobileNetV1 ``dsa``; MnasNet/EfficientNet ``ds``)."""
 
-    def __init__(self, in_ch, out_ch, kernel, stride, se, act, pw_act, skip, experts, routing):
-        super().__init__(in_ch, experts, routing)
+    def __init__(self, in_ch, out_ch, kernel, stride, se, act, pw_act, skip, experts, routing,
+                 calibrated=False):
+        super().__init__(in_ch, experts, routing, calibrated)
         self.dw = ConvBN(in_ch, in_ch, kernel, stride, groups=in_ch, act=act, experts=experts)
         self.se = SqueezeExcite(in_ch, max(1, int(in_ch * se)), act) if se else nn.Identity()
         self.pw = ConvBN(in_ch, out_ch, 1, act=act if pw_act else None, experts=experts)
@@ -122,8 +123,9 @@ class DepthwiseSeparable(Block):
 class InvertedResidual(Block):
     """MBConv: expand 1x1 -> depthwise kxk -> [SE] -> linear project 1x1 (MobileNetV2, MnasNet)."""
 
-    def __init__(self, in_ch, out_ch, kernel, stride, expansion, se, act, skip, experts, routing):
-        super().__init__(in_ch, experts, routing)
+    def __init__(self, in_ch, out_ch, kernel, stride, expansion, se, act, skip, experts, routing,
+                 calibrated=False):
+        super().__init__(in_ch, experts, routing, calibrated)
         mid = int(round(in_ch * expansion))
         self.expand = ConvBN(in_ch, mid, 1, act=act, experts=experts) if mid != in_ch else None
         self.dw = ConvBN(mid, mid, kernel, stride, groups=mid, act=act, experts=experts)
@@ -144,8 +146,9 @@ class InvertedResidual(Block):
 class Bottleneck(Block):
     """ResNet v1.5 bottleneck: 1x1 -> 3x3 (stride here) -> 1x1, out = mid * expansion."""
 
-    def __init__(self, in_ch, out_ch, kernel, stride, expansion, se, act, skip, experts, routing):
-        super().__init__(in_ch, experts, routing)
+    def __init__(self, in_ch, out_ch, kernel, stride, expansion, se, act, skip, experts, routing,
+                 calibrated=False):
+        super().__init__(in_ch, experts, routing, calibrated)
         mid = int(round(out_ch / expansion))
         self.conv1 = ConvBN(in_ch, mid, 1, act=act, experts=experts)
         self.conv2 = ConvBN(mid, mid, kernel, stride, act=act, experts=experts)

@@ -42,7 +42,7 @@ class CondConvNet(nn.Module):
             blocks = []
             for i in range(group.repeats):
                 stride = group.stride if i == 0 else 1
-                blocks.append(_make_block(group, channels, stride, act))
+                blocks.append(_make_block(group, channels, stride, act, spec.calibrated_routing))
                 channels = group.channels
             groups.append(nn.Sequential(*blocks))
         self.groups = nn.ModuleList(groups)
@@ -106,7 +106,9 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(module.last_bn().weight)
 
 
-def _make_block(group: BlockGroup, in_ch: int, stride: int, act: str) -> nn.Module:
+def _make_block(
+    group: BlockGroup, in_ch: int, stride: int, act: str, calibrated: bool
+) -> nn.Module:
     common = dict(
         in_ch=in_ch,
         out_ch=group.channels,
@@ -117,6 +119,7 @@ def _make_block(group: BlockGroup, in_ch: int, stride: int, act: str) -> nn.Modu
         skip=group.skip,
         experts=group.experts,
         routing=group.routing,
+        calibrated=calibrated,
     )
     if group.block in ("ds", "dsa"):
         return DepthwiseSeparable(**common, pw_act=group.block == "dsa")

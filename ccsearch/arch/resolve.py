@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from ccsearch.arch.backbones import get_backbone
@@ -42,9 +43,12 @@ def resolve_spec(
     experts: int | None = None,
     routing: str | None = None,
     width: float = 1.0,
+    calibrated_routing: bool = False,
 ) -> ArchSpec:
     """A shipped backbone name or a spec JSON file, with the CondConv options applied (the
-    CLI's MODEL --condconv --experts --routing --width, and a study's ``references``)."""
+    CLI's MODEL --condconv --experts --routing --calibrated-routing --width, and a study's
+    ``references``).  ``calibrated_routing`` turns calibration on; a spec file that has it
+    keeps it."""
     found = resolve_name_or_path(name_or_path, None, what="spec", suffixes=SPEC_SUFFIXES)
     if isinstance(found, Path):
         spec = ArchSpec.load(found)
@@ -52,6 +56,8 @@ def resolve_spec(
             spec = spec.scale_width(width)
     else:
         spec = get_backbone(found, width)  # names its backbones when it is none of them
+    if calibrated_routing:
+        spec = replace(spec, calibrated_routing=True)
     if condconv is None:
         if experts is not None or routing is not None:
             raise UserError("--experts and --routing need --condconv GROUPS (e.g. --condconv 6,7)")

@@ -136,6 +136,9 @@ class ArchSpec:
     activation: str = "relu"
     dropout: float = 0.2  # before the classifier, as in MnasNet / EfficientNet
     in_channels: int = 3
+    # Routing that starts like sigmoid for every activation (``Routing(calibrated=True)``):
+    # what a short proxy needs to rank layouts; False is the paper's raw routing.
+    calibrated_routing: bool = False
     meta: dict[str, Any] = field(default_factory=dict, compare=False)  # free-form provenance
 
     def __post_init__(self) -> None:
@@ -162,6 +165,18 @@ class ArchSpec:
             f"activation {self.activation!r} is not one of {ACTIVATIONS}",
         )
         _check(0 <= self.dropout < 1, where, f"dropout must be in [0, 1), got {self.dropout!r}")
+        _check(
+            isinstance(self.calibrated_routing, bool),
+            where,
+            f"calibrated_routing must be true or false, got {self.calibrated_routing!r}",
+        )
+
+    def routing_is_calibrated(self) -> bool:
+        """Does calibration change any of this network's routing?  (Sigmoid is the same
+        function either way, and static groups have none.)"""
+        return self.calibrated_routing and any(
+            g.experts and g.routing != "sigmoid" for g in self.groups
+        )
 
     # ---- CondConv placement -------------------------------------------------------------
 
@@ -286,11 +301,15 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 def spec_digest(spec: ArchSpec) -> str:
     """A short stable identifier of the network a spec builds.
 
-    Ignores name, meta and head_scaling (a rule for rescaling, not part of the network).
+    Ignores name, meta and head_scaling (a rule for rescaling, not part of the network),
+    and calibrated_routing where it changes nothing (no non-sigmoid CondConv group), so
+    the static and sigmoid networks keep the digests they had before the field existed.
     """
     data = spec.to_dict()
     for key in ("name", "meta", "head_scaling"):
         data.pop(key)
+    if not spec.routing_is_calibrated():
+        data.pop("calibrated_routing")
     blob = json.dumps(data, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 

@@ -151,7 +151,21 @@ class Routing(nn.Module):
     bias at ``bias_init``: 0 is the paper's (TF) and timm's init, for every activation.
     ``bias_init=1.0`` is the "switched-on" start: with ReLU no expert starts off for any
     example (every weight near 1, so the router starts nearly linear), not the paper's.
+
+    ``calibrated=True`` starts every activation where sigmoid starts, so that a short
+    proxy ranks layouts by capacity rather than by how fast their routing wakes up
+    (benchmarks/README.md, "The cause, and a calibrated routing").  A block's pooled
+    input is centred, so raw routing starts at the bias: sigmoid gives each example one
+    shared kernel of mass E/2, while tanh and ReLU (0 at 0) give near-zero kernels and
+    are 2-4x steeper.  Calibrated, the logits are ``bias + W x / 4`` (sigmoid's slope at
+    0, a temperature of 4 for softmax), the bias starts where the activation is 1/2
+    (``atanh(1/2)`` for tanh, 1/2 for ReLU), softmax is scaled to mass E/2 and ReLU is
+    normalised per example to mass E/2.  Sigmoid is the same function either way.
     """
+
+    CALIBRATED_BIAS = {"softmax": 0.0, "tanh": math.atanh(0.5), "relu": 0.5}
+    SLOPE = 0.25  # sigmoid's slope at 0: calibrated logits are bias + SLOPE * W x
+    RELU_EPS = 1e-6  # keeps a ReLU router whose every expert is off at zero weights
 
     def __init__(
         self,
@@ -159,9 +173,11 @@ class Routing(nn.Module):
         num_experts: int,
         activation: str = "sigmoid",
         dropout: float = 0.0,
-        bias_init: float = 0.0,
+        bias_init: float | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        calibrated: bool = False,
     ):
         super().__init__()
         if activation not in ROUTING_ACTIVATIONS:
@@ -171,6 +187,10 @@ class Routing(nn.Module):
         if num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {num_experts}")
         self.activation = activation
+        # Sigmoid already starts calibrated: it stays exactly the paper's function.
+        self.calibrated = calibrated and activation != "sigmoid"
+        if bias_init is None:
+            bias_init = self.CALIBRATED_BIAS[activation] if self.calibrated else 0.0
         self.bias_init = bias_init
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(in_channels, num_experts, device=device, dtype=dtype)
@@ -184,16 +204,24 @@ class Routing(nn.Module):
         nn.init.constant_(self.fc.bias, self.bias_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = F.adaptive_avg_pool2d(x, 1).flatten(1)  # [B, C]: global average pool
-        logits = self.fc(self.dropout(pooled))  # [B, E]
+        pooled = self.dropout(F.adaptive_avg_pool2d(x, 1).flatten(1))  # [B, C]: GAP
+        if self.calibrated:
+            pooled = pooled * self.SLOPE  # before the linear layer: it stays one aten::linear
+        logits = self.fc(pooled)  # [B, E]
+        half_mass = self.fc.out_features / 2
         if self.activation == "sigmoid":
             weights = torch.sigmoid(logits)
         elif self.activation == "softmax":
             weights = torch.softmax(logits, dim=1)
+            if self.calibrated:
+                weights = weights * half_mass
         elif self.activation == "tanh":
             weights = torch.tanh(logits)
         else:
             weights = torch.relu(logits)
+            if self.calibrated:
+                mass = weights.sum(dim=1, keepdim=True) + self.RELU_EPS
+                weights = weights / mass * half_mass
         if not torch.compiler.is_compiling():  # export/compile forbid new attributes
             self.last_weights = weights.detach()
         return weights
@@ -253,6 +281,7 @@ class CondConv2d(nn.Module):
         num_experts: int = 8,
         routing: str | None = "sigmoid",
         routing_dropout: float = 0.0,
+        calibrated_routing: bool = False,
         impl: str = "auto",
     ):
         super().__init__()
@@ -295,7 +324,8 @@ class CondConv2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_experts, size, **factory))
         self.bias = nn.Parameter(torch.empty(num_experts, out_channels, **factory)) if bias else None
         self.routing = (
-            Routing(in_channels, num_experts, routing, routing_dropout, **factory)
+            Routing(in_channels, num_experts, routing, routing_dropout, **factory,
+                    calibrated=calibrated_routing)
             if routing
             else None
         )

@@ -36,6 +36,10 @@ class SearchSpace:
     shared: bool = False  # one experts/routing choice for every CondConv group
     se: tuple[str, ...] = ("backbone",)
     width: tuple[float, ...] = (1.0,)
+    # Candidates route with Routing(calibrated=True): every activation starts like sigmoid,
+    # so a few proxy epochs rank layouts by capacity (benchmarks/README.md).  False keeps
+    # the paper's raw routing, for reproducing its routing comparison.
+    calibrated_routing: bool = True
     description: str = ""
     source: str = field(default="", compare=False)  # the file it came from
 
@@ -49,6 +53,11 @@ class SearchSpace:
         if bad:
             raise UserError(
                 f"{where}: groups {bad} do not exist; {self.backbone} has groups 1..{n}"
+            )
+        if not isinstance(self.calibrated_routing, bool):
+            raise UserError(
+                f"{where}: calibrated_routing must be true or false, "
+                f"got {self.calibrated_routing!r}"
             )
         if self.placement not in PLACEMENTS:
             raise UserError(f"{where}: placement {self.placement!r} is not one of {PLACEMENTS}")
@@ -87,7 +96,8 @@ class SearchSpace:
         for g, (experts, routing) in self._condconv_choices(trial, suggest_all).items():
             groups[g - 1] = replace(groups[g - 1], experts=experts, routing=routing)
         meta = {"search_space": self.name, "params": dict(trial.params)}
-        return replace(spec, name=f"{self.name}_t{trial.number}", groups=tuple(groups), meta=meta)
+        return replace(spec, name=f"{self.name}_t{trial.number}", groups=tuple(groups),
+                       calibrated_routing=self.calibrated_routing, meta=meta)
 
     def _condconv_choices(
         self, trial: optuna.Trial, suggest_all: bool

@@ -86,9 +86,11 @@ class StudyConfig:
                 raise UserError(f"study {self.name!r}: reference {name!r} has unknown fields "
                                 f"{unknown}; known: {', '.join(REFERENCE_FIELDS)}")
             condconv = options.get("condconv")
+            # CondConv placed here routes like the study's candidates (calibrated or raw).
+            calibrated = condconv is not None and self.space().calibrated_routing
             spec = resolve_spec(str(options["model"]), None if condconv is None else str(condconv),
                                 options.get("experts"), options.get("routing"),
-                                float(options.get("width", 1.0)))
+                                float(options.get("width", 1.0)), calibrated_routing=calibrated)
             specs[name] = replace(spec, name=f"{self.name}_{name}")
         return specs
 

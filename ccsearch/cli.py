@@ -698,12 +698,16 @@ def cmd_latency(args: argparse.Namespace) -> int:
 
 
 def open_run(folder: str | None, storage: str | None, study: str | None):
-    """A run to read: its folder (``runs/<study>``), or ``--storage URL --study NAME``."""
+    """A run to read: its folder (``runs/<study>``), or ``--storage URL --study NAME``
+    (``--study NAME`` alone takes the URL from ``CCSEARCH_STORAGE``, which keeps its
+    password out of the process list)."""
     from pathlib import Path
 
     from ccsearch.search import run
+    from ccsearch.search.backends.workers import STORAGE_ENV
 
     _quiet_optuna()
+    storage = storage or (os.environ.get(STORAGE_ENV) if study else None)
     if storage:
         if not study:
             raise UserError("--storage needs --study NAME")

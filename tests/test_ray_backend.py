@@ -140,6 +140,35 @@ def _training(out: Path):
     return [r for r in read_all(load(out)) if r.holds_slot and r.curve and r.worker != r.owner]
 
 
+def _listening_sockets() -> list[tuple[str, int, str]]:
+    """Every listening TCP socket now, as (address, port, owner's command line), read from
+    /proc as ``ss -ltnp`` does."""
+    owners = {}
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            pid = fd.parent.parent
+            try:
+                owners[target[8:-1]] = (pid / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                pass
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A":  # TCP_LISTEN
+                continue
+            address, port = fields[1].rsplit(":", 1)
+            raw = bytes.fromhex(address)
+            words = [raw[i:i + 4][::-1] for i in range(0, len(raw), 4)]  # little-endian words
+            ip = socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, b"".join(words))
+            found.append((ip, int(port, 16), owners.get(fields[9], "")))
+    return found
+
+
 def test_a_killed_ray_worker_is_retried(tmp_path):
     """SIGKILL the worker process of a training trial: Ray retries it (FailureConfig) and
     the study completes, that trial included, with nothing left RUNNING."""
@@ -153,6 +182,12 @@ def test_a_killed_ray_worker_is_retried(tmp_path):
     )
     try:
         victim = wait_for("a trial past its first epoch", lambda: _training(out), proc=proc)[0]
+        # While Ray trains: its dashboard and job API (no authentication) are off.
+        sockets = [(ip, port, cmd) for ip, port, cmd in _listening_sockets() if "ray" in cmd]
+        assert any("gcs_server" in cmd for _, _, cmd in sockets), "Ray's sockets were seen"
+        programs = [" ".join(cmd.split()[:2]) for _, _, cmd in sockets]  # not their flags
+        assert not [p for p in programs if "dashboard" in p], programs
+        assert not [port for _, port, _ in sockets if port in (8265, 52365)], sockets
         os.kill(int(victim.worker.rsplit(":", 1)[1]), signal.SIGKILL)
         _, err = proc.communicate(timeout=600)
     finally:

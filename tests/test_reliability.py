@@ -4,10 +4,15 @@ finished trial."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
+import time
+from pathlib import Path
 
+import optuna
 import pytest
+from _postgres import postgres_server
 from _study import assert_study_sound, cli_argv, load, write_tiny_study
 
 from ccsearch.arch import spec_digest
@@ -215,3 +220,59 @@ def test_a_full_disk_leaves_the_previous_results_dashboard_and_export_whole(
     _one_line_error(capsys, main(["export", run, "--trial", "best", "-o", str(disk / "best"),
                                   "--force"]))
     assert _snapshot(disk) == before
+
+
+def _argv_of_every_process() -> list[str]:
+    """What ``ps`` shows of every process now: their command lines."""
+    lines = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            lines.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+    return lines
+
+
+def test_a_storage_password_is_in_no_file_output_study_or_process_list(tmp_path):
+    """A PostgreSQL run with the password in both URL forms (``user:pw@`` and
+    ``?password=``), then its results, dashboard and export: the password is in no file
+    any of them wrote, no output line, no study attribute and no process's command line."""
+    secret = "Pw7xQz3k9"  # the test server trusts every login, so any password connects
+    files = write_tiny_study(tmp_path, trials=2)
+    out, written = tmp_path / "run", tmp_path / "outputs"
+    written.mkdir()
+    with postgres_server() as url:
+        in_userinfo = url.replace("postgresql://postgres@", f"postgresql://postgres:{secret}@")
+        in_query = url.replace("postgresql://", "postgresql+psycopg://") + f"?password={secret}"
+        # The URL by environment, as the README says: a --storage argument is in the
+        # process list for anyone to read, whatever ccsearch does.
+        run = subprocess.Popen(
+            cli_argv("run", "--study", str(files / "study.yaml"), "--out", str(out), "--quiet",
+                     "--workers", "2"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "CCSEARCH_STORAGE": in_userinfo})
+        seen: list[str] = []
+        while run.poll() is None:  # the run and its two workers, scanned while they live
+            seen += [line for line in _argv_of_every_process() if "ccsearch" in line]
+            time.sleep(0.05)  # a scan's pace, not a wait for a state
+        outputs = [*run.communicate(), *seen]
+        assert run.returncode == 0, outputs[1][-2000:]
+        assert any(" worker" in line for line in seen), "the workers' command lines were seen"
+        store = ["--study", "tiny"]  # the storage from CCSEARCH_STORAGE
+        for argv in (["results", *store, "--format", "csv", "-o", str(written / "results.csv")],
+                     ["dashboard", *store, "-o", str(written / "dashboard.html")],
+                     ["export", str(out), *store, "-o", str(written / "export")],
+                     ["results", *store]):
+            done = subprocess.run(cli_argv(*argv), capture_output=True, text=True, timeout=600,
+                                  env={**os.environ, "CCSEARCH_STORAGE": in_query})
+            assert done.returncode == 0, (argv, done.stderr[-2000:])
+            outputs += [done.stdout, done.stderr]
+        study = optuna.load_study(study_name="tiny", storage=in_query)
+        assert_study_sound(study, trained=2)
+        attributes = json.dumps([study.user_attrs, [t.user_attrs for t in study.trials]])
+    files_written = [p for p in [*out.rglob("*"), *written.rglob("*")] if p.is_file()]
+    assert {"study.yaml", "results.csv"} <= {p.name for p in files_written}
+    assert {"dashboard.html", "model.pt2", "arch.json"} <= {p.name for p in files_written}
+    for path in files_written:
+        assert secret.encode() not in path.read_bytes(), path
+    for text in [*outputs, attributes]:
+        assert secret not in text
+    assert "***" in (out / "study.yaml").read_text()  # the URL is there, masked

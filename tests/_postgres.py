@@ -12,7 +12,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -23,9 +25,24 @@ def _bin(name: str) -> str:
     return found
 
 
+@dataclass
+class PostgresServer:
+    """A running test server: its URL, and a restart as an operator does one."""
+
+    url: str
+    restart: Callable[[], None]
+
+
 @contextmanager
 def postgres_server():
-    """Yield the URL of a fresh database on a server of its own (removed afterwards).
+    """Yield the URL of a fresh database on a server of its own (removed afterwards)."""
+    with postgres_instance() as server:
+        yield server.url
+
+
+@contextmanager
+def postgres_instance():
+    """A fresh database on a server of its own (removed afterwards).
 
     Its folder is not under pytest's tmp_path: that is private to root, and the server
     runs as the ``postgres`` user."""
@@ -42,12 +59,17 @@ def postgres_server():
     def run(*cmd: str) -> None:
         subprocess.run([*as_postgres, *cmd], check=True, capture_output=True, timeout=120)
 
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
     run(_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync")
-    run(_bin("pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-w", "start",
-        "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off")
+    run(_bin("pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-w", "start", "-o", options)
+
+    def restart() -> None:  # every connection is cut; the server is back when this returns
+        run(_bin("pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-w", "-m", "fast",
+            "restart", "-o", options)
+
     try:
         run(_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "ccsearch")
-        yield f"postgresql://postgres@127.0.0.1:{port}/ccsearch"
+        yield PostgresServer(f"postgresql://postgres@127.0.0.1:{port}/ccsearch", restart)
     finally:
         run(_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
         shutil.rmtree(folder, ignore_errors=True)

@@ -276,3 +276,89 @@ def test_a_storage_password_is_in_no_file_output_study_or_process_list(tmp_path)
     for text in [*outputs, attributes]:
         assert secret not in text
     assert "***" in (out / "study.yaml").read_text()  # the URL is there, masked
+
+
+def test_one_of_two_workers_killed_mid_trial_the_other_finishes_the_study(tmp_path):
+    """SIGKILL one of the two ``ccsearch worker`` processes of ``run --workers 2`` while it
+    trains: the other sees its owner dead on this machine, fails the trial, trains its
+    architecture again once, and finishes the study; the run says which worker died."""
+    import signal
+
+    from _study import training, wait_for
+
+    from ccsearch.search.record import Status, read_all
+
+    files = write_tiny_study(tmp_path, trials=3)
+    (files / "proxy.yaml").write_text(
+        (files / "proxy.yaml").read_text().replace("epochs: 2", "epochs: 3"))
+    out = tmp_path / "run"
+    run = subprocess.Popen(
+        cli_argv("run", "--study", str(files / "study.yaml"), "--out", str(out), "--quiet",
+                 "--workers", "2"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        def a_trial_past_its_first_epoch():
+            if not (out / "study.yaml").exists():
+                return None
+            return [r for r in training(read_all(load(out))) if r.curve and r.reference == ""]
+
+        victim = wait_for("a worker's trial past its first epoch", a_trial_past_its_first_epoch,
+                          proc=run)[0]
+        os.kill(int(victim.owner.rsplit(":", 1)[1]), signal.SIGKILL)
+        _, err = run.communicate(timeout=600)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, err[-2000:]
+    assert f"killed by signal {signal.SIGKILL}" in err and "the study is complete" in err, err
+    study = load(out)
+    assert_study_sound(study, trained=3)
+    records = read_all(study)
+    assert records[victim.number].status in (Status.FAILED, Status.INTERRUPTED)
+    retries = [t for t in study.trials if t.system_attrs.get("retry_of") == victim.number]
+    assert len(retries) == 1, "its architecture is tried again, once"
+    assert records[retries[0].number].digest == victim.digest
+    assert sum(r.trained and r.digest == victim.digest for r in records) == 1
+
+
+def test_a_postgresql_restart_under_two_workers_loses_at_most_the_trials_in_flight(tmp_path):
+    """The server restarts (every connection cut) while both workers train: each storage
+    call then retries or fails only its trial, and the study completes."""
+    from _postgres import postgres_instance
+    from _study import training, wait_for
+
+    from ccsearch.search.record import Status, read_all
+
+    files = write_tiny_study(tmp_path, trials=3)
+    (files / "proxy.yaml").write_text(
+        (files / "proxy.yaml").read_text().replace("epochs: 2", "epochs: 3"))
+    out = tmp_path / "run"
+    with postgres_instance() as server:
+        reader = server.url.replace("postgresql://", "postgresql+psycopg://")
+
+        def in_flight():
+            try:
+                records = read_all(optuna.load_study(study_name="tiny", storage=reader))
+            except KeyError:  # no study yet
+                return None
+            return [r.number for r in training(records) if r.curve]
+
+        run = subprocess.Popen(
+            cli_argv("run", "--study", str(files / "study.yaml"), "--out", str(out), "--quiet",
+                     "--workers", "2"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "CCSEARCH_STORAGE": server.url})
+        try:
+            training_then = wait_for("a trial past its first epoch", in_flight, proc=run)
+            server.restart()
+            _, err = run.communicate(timeout=600)
+        finally:
+            if run.poll() is None:
+                run.kill()
+        assert run.returncode == 0, err[-3000:]
+        study = optuna.load_study(study_name="tiny", storage=reader)
+        assert_study_sound(study, trained=3)
+        lost = [r for r in read_all(study) if r.status == Status.FAILED]
+        assert len(lost) <= 2, [(r.number, r.reason) for r in lost]  # two workers: two in flight
+        assert all(r.number in training_then or r.epochs == 0 for r in lost), training_then

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from ccsearch.errors import UserError
 from ccsearch.provenance import usable_cpus
+from ccsearch.search import policy
 from ccsearch.search.backends import Progress
 from ccsearch.search.run import SearchRun
 from ccsearch.validate import at_least
@@ -86,8 +87,18 @@ class WorkerProcesses:
                     p.terminate()
             if progress is not None:
                 progress(search.records())
-        bad = [p.returncode for p in procs if p.returncode not in (0, None)]
-        if bad:
-            raise UserError(
-                f"{len(bad)} worker process(es) failed (exit codes {bad}); see their messages above"
-            )
+        died = [f"worker {i} (pid {p.pid}) {_ended(p.returncode)}"
+                for i, p in enumerate(procs, start=1) if p.returncode not in (0, None)]
+        if not died:
+            return
+        if policy.done(search.records(), search.config.wanted):
+            # The others failed its trial (its owner is dead on this machine) and retried it.
+            print(f"ccsearch: {'; '.join(died)}; the other workers took over and the study "
+                  "is complete", file=sys.stderr)
+            return
+        raise UserError(f"{'; '.join(died)}, and the study is not complete: continue it with "
+                        "the same command and --resume (see the workers' messages above)")
+
+
+def _ended(code: int) -> str:
+    return f"was killed by signal {-code}" if code < 0 else f"failed with exit code {code}"

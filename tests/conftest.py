@@ -18,3 +18,14 @@ def tiny_runs(tmp_path_factory):
     from _study import reference_runs
 
     return reference_runs(tmp_path_factory.mktemp("tiny_runs"))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The case counts of the property-based tests (tests/test_properties.py)."""
+    from _cases import CASES
+
+    if CASES:
+        terminalreporter.section("property-based cases generated (hypothesis)")
+        for name, count in sorted(CASES.items()):
+            terminalreporter.write_line(f"{count:6d}  {name}")
+        terminalreporter.write_line(f"{sum(CASES.values()):6d}  in all")

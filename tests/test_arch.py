@@ -315,3 +315,15 @@ def test_calibrated_routing_is_in_the_spec_and_its_digest_only_where_it_changes_
     assert block.routing.calibrated and not build_model(tanh).groups[4][0].routing.calibrated
     with pytest.raises(UserError, match="calibrated_routing must be true or false, got 'yes'"):
         replace(tanh, calibrated_routing="yes")
+
+
+def test_a_spec_too_large_to_build_is_refused_before_any_memory_is_taken():
+    """channels: 1e9 (a typo) would fill the machine's memory; every shipped network,
+    with 32 experts in every group too, is far below the bound."""
+    base = get_backbone("mnasnet_a1")
+    wide = replace(base.groups[-1], channels=10**9)
+    with pytest.raises(UserError, match="weights, over the 4,000,000,000 this tool builds"):
+        replace(base, groups=(*base.groups[:-1], wide))
+    for name in BACKBONES:
+        spec = get_backbone(name)
+        spec.with_condconv(list(range(1, len(spec.groups) + 1)), 32)  # accepted

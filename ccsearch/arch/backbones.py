@@ -120,7 +120,7 @@ BACKBONES: dict[str, Callable[[], ArchSpec]] = {
 
 def get_backbone(name: str, width: float = 1.0) -> ArchSpec:
     """A shipped backbone by name, optionally with a width multiplier."""
-    key = name.lower().replace("-", "_")
+    key = name.lower().replace("-", "_") if isinstance(name, str) else None
     if key not in BACKBONES:
         raise UserError(f"unknown backbone {name!r}; shipped: {', '.join(BACKBONES)}")
     return BACKBONES[key]().scale_width(width)

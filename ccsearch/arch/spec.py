@@ -31,6 +31,11 @@ ACTIVATIONS = ("relu", "relu6", "swish")
 HEAD_SCALINGS = ("scaled", "at_least", "fixed")
 
 
+# 16 GB of float32 weights: far above any CondConv network (ResNet-50 with 32 experts in
+# every group has about 0.8 billion), far below what a typo (channels: 1e9) asks for.
+MAX_WEIGHTS = 4_000_000_000
+
+
 def _check(ok: bool, where: str, message: str) -> None:
     if not ok:
         raise UserError(f"{where}: {message}")
@@ -164,12 +169,43 @@ class ArchSpec:
             where,
             f"activation {self.activation!r} is not one of {ACTIVATIONS}",
         )
-        _check(0 <= self.dropout < 1, where, f"dropout must be in [0, 1), got {self.dropout!r}")
+        _check(
+            isinstance(self.dropout, int | float) and not isinstance(self.dropout, bool)
+            and 0 <= self.dropout < 1,
+            where,
+            f"dropout must be in [0, 1), got {self.dropout!r}",
+        )
+        weights = self.weight_estimate()
+        _check(
+            weights <= MAX_WEIGHTS,
+            where,
+            f"about {weights:.3g} weights, over the {MAX_WEIGHTS:,} this tool builds "
+            "(a channel count, expansion or expert count too large?)",
+        )
         _check(
             isinstance(self.calibrated_routing, bool),
             where,
             f"calibrated_routing must be true or false, got {self.calibrated_routing!r}",
         )
+
+    def weight_estimate(self) -> float:
+        """About how many weights the network has, from its shapes alone (never built):
+        what keeps a mistyped spec from filling the machine's memory."""
+        total = float(self.in_channels) * self.stem_channels * self.stem_kernel**2
+        channels = float(self.stem_channels)
+        for g in self.groups:
+            for _ in range(g.repeats):
+                if g.block == "bottleneck":
+                    mid = g.channels / g.expansion
+                    spatial = mid * mid * g.kernel**2  # a full kxk conv
+                else:
+                    mid = channels * g.expansion if g.block == "ir" else channels
+                    spatial = mid * g.kernel**2  # depthwise
+                main = channels * mid + spatial + mid * g.channels
+                total += main * max(1, g.experts) + channels * g.channels  # + a shortcut
+                channels = float(g.channels)
+        head = float(self.head_channels or channels)
+        return total + channels * head + head * self.num_classes
 
     def routing_is_calibrated(self) -> bool:
         """Does calibration change any of this network's routing?  (Sigmoid is the same
@@ -246,6 +282,8 @@ class ArchSpec:
             raise UserError(f"ArchSpec: unknown field(s) {unknown}; known: {sorted(known)}")
         if "name" not in data or "groups" not in data:
             raise UserError("ArchSpec: the fields 'name' and 'groups' are required")
+        if not isinstance(data["groups"], list | tuple):
+            raise UserError(f"ArchSpec: groups must be a list of block groups, got {data['groups']!r}")
         group_fields = {f.name for f in fields(BlockGroup)}
         groups = []
         for i, raw in enumerate(data["groups"], start=1):
@@ -261,7 +299,10 @@ class ArchSpec:
                 groups.append(BlockGroup(**raw))
             except TypeError as err:
                 raise UserError(f"ArchSpec group {i}: {err}") from None
-        return cls(**{**data, "groups": tuple(groups)})
+        try:
+            return cls(**{**data, "groups": tuple(groups)})
+        except TypeError as err:  # a field of the wrong type where validate compares it
+            raise UserError(f"ArchSpec: {err}") from None
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)

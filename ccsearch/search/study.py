@@ -199,7 +199,10 @@ def load_study_config(name_or_path: str | Path) -> StudyConfig:
         value = data.get(key)
         if isinstance(value, str) and reads_as_path(value):
             data[key] = str((path.parent / Path(value).expanduser()).resolve())
-    for name, model in (data.get("references") or {}).items():
+    references = data.get("references") or {}
+    if not isinstance(references, dict):
+        raise UserError(f"{path}: references must map names to models, got {references!r}")
+    for name, model in references.items():
         options = model if isinstance(model, dict) else {"model": model}
         if isinstance(options.get("model"), str) and reads_as_path(options["model"], SPEC_SUFFIXES):
             options = {**options, "model": str((path.parent / Path(options["model"]).expanduser()).resolve())}

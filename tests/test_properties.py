@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import ccsearch
-from ccsearch.arch import BACKBONES, ArchSpec, BlockGroup, get_backbone
+from ccsearch.arch import BACKBONES, ArchSpec, BlockGroup
 from ccsearch.arch.spec import ACTIVATIONS, BLOCK_TYPES, HEAD_SCALINGS
 from ccsearch.cli import main
 from ccsearch.dashboard.config import load_dashboard

@@ -7,6 +7,7 @@ without the run folder), and leaves a marker file to show it ran.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -151,10 +152,8 @@ def _listening_sockets() -> list[tuple[str, int, str]]:
             continue
         if target.startswith("socket:["):
             pid = fd.parent.parent
-            try:
+            with contextlib.suppress(OSError):
                 owners[target[8:-1]] = (pid / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                pass
     found = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:

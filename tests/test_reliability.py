@@ -156,6 +156,80 @@ def test_a_kill_inside_the_madd_count_is_retried_once(tmp_path):
     assert_study_sound(search.study, trained=2, budget=42_000_000)
 
 
+KILLED_IN_WRITE = '''
+import os, signal, sys
+from pathlib import Path
+import sqlalchemy.orm
+from ccsearch.search import load_study_config, record as rec, run as search_run
+from ccsearch.search.backends.local import InProcess
+from ccsearch.train import TrainResult
+
+def trainer(spec, seed, on_epoch):
+    on_epoch(1, 55.0)
+    return TrainResult(status="ok", top1=55.0, curve=[55.0], epochs=1, device="cpu",
+                       wall_time=0.01)
+
+inside = []
+real_commit = sqlalchemy.orm.Session.commit
+def commit(session):
+    if inside:  # the record's SQL is sent; the transaction is open, not committed
+        session.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_commit(session)
+sqlalchemy.orm.Session.commit = commit
+
+real_write = rec.write
+def write(trial, record):
+    inside.append(record.epochs == 1)  # the record after the first epoch
+    inside[:] = [x for x in inside if x]
+    real_write(trial, record)
+rec.write = write
+search = search_run.create(load_study_config(sys.argv[1]), Path(sys.argv[2]))
+InProcess(trainer=trainer).run(search)
+'''
+
+
+def test_a_kill_inside_a_storage_write_loses_only_that_write(tmp_path):
+    """SIGKILL inside the transaction that records a trial's first epoch (its SQL sent,
+    not committed): SQLite rolls the write back, the trial keeps its last committed record,
+    ``--resume`` fails it as interrupted and trains its architecture again once."""
+    import signal
+    import sqlite3
+    import sys
+
+    from ccsearch.search import load_study_config
+    from ccsearch.search import run as search_run
+    from ccsearch.search.backends.local import InProcess
+    from ccsearch.search.record import Stage, Status, TrialState, read_all
+    from ccsearch.train import TrainResult
+
+    files = write_tiny_study(tmp_path, trials=2)
+    out = tmp_path / "run"
+    child = subprocess.run([sys.executable, "-c", KILLED_IN_WRITE, str(files / "study.yaml"),
+                            str(out)], capture_output=True, text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    with contextlib.closing(sqlite3.connect(out / "study.db")) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    (killed,) = [r for r in read_all(load(out)) if r.state == TrialState.RUNNING]
+    assert killed.stage == Stage.TRAINING and not killed.curve, "the epoch's write is gone"
+
+    trained = []
+
+    def trainer(spec, seed, on_epoch):
+        trained.append(spec_digest(spec))
+        on_epoch(1, 60.0)
+        return TrainResult(status="ok", top1=60.0, curve=[60.0], epochs=1, device="cpu",
+                           wall_time=0.01)
+
+    search, _ = search_run.resume(load_study_config(files / "study.yaml"), out)
+    InProcess(trainer=trainer).run(search)
+    records = read_all(search.study)
+    assert records[killed.number].status == Status.INTERRUPTED
+    (retry,) = [t for t in search.study.trials if t.system_attrs.get("retry_of") == killed.number]
+    assert records[retry.number].trained and trained.count(killed.digest) == 1
+    assert_study_sound(search.study, trained=2, budget=42_000_000)
+
+
 @pytest.fixture
 def full_disk(tmp_path):
     """A real file system of 64 MiB (tmpfs) and a function that fills it to the last byte.

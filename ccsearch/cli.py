@@ -261,7 +261,7 @@ def _trial_to_reproduce(args: argparse.Namespace):
     if (args.model is not None or args.condconv or args.experts or args.routing
             or args.calibrated_routing or args.width != 1.0):
         raise UserError("--from-trial takes the trial's architecture: drop MODEL and the "
-                        "--condconv/--experts/--routing/--width options")
+                        "--condconv/--experts/--routing/--calibrated-routing/--width options")
     for name in ("proxy", "epochs", "batch_size", "lr"):
         if getattr(args, name) is not None:
             raise UserError(f"--from-trial takes the study's proxy: drop --{name.replace('_', '-')}")

@@ -348,3 +348,29 @@ def test_a_trained_trial_writes_its_record_3_times_plus_once_per_epoch(tmp_path)
     params = len(trial.params)
     assert len(committed) <= 3 + EPOCHS + params + 4, committed  # + ask, constraint, tell, values
     assert rec.read(search.study.trials[trial.number]).status == Status.OK
+
+
+def test_an_over_budget_trial_writes_its_sampled_parameters_in_one_transaction(tmp_path):
+    """A MnasNet-A1 candidate has about 13 parameters: Optuna writes each in a
+    transaction of its own, ccsearch's storage writes them together.  An over-budget
+    trial is then 6 transactions: the ask, NSGA-II's generation tag, its parameters, its
+    constraint, its record and its tell."""
+    from dataclasses import replace
+
+    config = replace(load_study_config("mnasnet_a1_325m"), name="over", budget=1_000_000,
+                     references={})
+    search = search_run.create(config, tmp_path / "run")
+    ev = evaluator(search)
+    committed, stop = _write_transactions(search.storage.engine)
+    try:
+        trials = [search.study.ask() for _ in range(3)]
+        for trial in trials:
+            assert ev.start(trial) is None  # over the budget: never trained
+    finally:
+        stop()
+    assert all(len(t.params) >= 7 for t in trials)
+    assert [t for t in committed if "trial_params" in t] == ["trial_params"] * 3
+    assert len(committed) == 6 * 3, ";".join(committed)
+    for trial in search.study.trials:
+        assert rec.read(trial).status == Status.INFEASIBLE
+        assert trial.params == next(t.params for t in trials if t.number == trial.number)

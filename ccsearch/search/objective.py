@@ -25,6 +25,7 @@ from ccsearch.search.pruners import Pruner, finished_curves
 from ccsearch.search.record import Stage, Status, TrialRecord
 from ccsearch.search.recovery import has_heartbeats, retry
 from ccsearch.search.space import SearchSpace
+from ccsearch.search.storage import parameters_together
 from ccsearch.search.study import StudyConfig
 from ccsearch.train import TrainResult, train_repeated
 
@@ -92,7 +93,8 @@ class Evaluator:
         if record.reference:  # a fixed architecture of the study, not sampled
             spec = ArchSpec.from_dict(self._references(trial)[record.reference])
         else:
-            spec = self.space.sample(trial, suggest_all=self.config.sampler == "grid")
+            with parameters_together(trial.storage):
+                spec = self.space.sample(trial, suggest_all=self.config.sampler == "grid")
         c.spec = spec
         record.spec, record.digest = spec.to_dict(), spec_digest(spec)
         report, record.moe_madds = self._count(spec, record.digest)

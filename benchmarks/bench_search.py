@@ -3,12 +3,16 @@
 1. Overhead per trial: sampling + MADD count + storage writes, measured on candidates
    that are over a tiny budget (they do everything but train), beside one real smoke
    training of the default backbone in the same run; printed as a fraction of a trial.
-2. Hypervolume after N trained candidates: the study's sampler (NSGA-II) against random
+2. The Ray backend's cost per trial (``--ray-trials``): trials that train nothing through
+   ``ccsearch run --backend ray``'s driver, against Tune running a trivial function the
+   same number of times with the same resources, in one Ray instance.
+3. Hypervolume after N trained candidates: the study's sampler (NSGA-II) against random
    search with the same seeds, on the same proxy (objectives: 100 - top-1 and
    MADDs / budget, reference point (100, 1)).
 
-Run: python benchmarks/bench_search.py [--overhead-trials 30] [--trials 6] [--seeds 1] [--epochs E]
-Part 2 trains 2 x seeds x trials candidates (~15 s each on 2 CPU cores with the smoke
+Run: python benchmarks/bench_search.py [--overhead-trials 30] [--ray-trials 20] [--trials 6]
+[--seeds 1] [--epochs E]
+Part 3 trains 2 x seeds x trials candidates (~15 s each on 2 CPU cores with the smoke
 proxy's 4 epochs; --epochs 1 makes them ~4x cheaper): --trials 0 skips it.  NSGA-II's
 first generation (population_size = 8 candidates) is random: only N well above 8 can
 show the sampler's effect.
@@ -17,6 +21,8 @@ show the sampler's effect.
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import statistics
 import tempfile
 import time
@@ -34,6 +40,7 @@ from ccsearch.results import pareto_front, trials_table
 from ccsearch.search import load_study_config
 from ccsearch.search import run as search_run
 from ccsearch.search.backends import InProcess
+from ccsearch.search.backends.ray_tune import RayOptions, RayTune, _start_ray, _tune_environment
 from ccsearch.search.objective import Evaluator
 from ccsearch.search.pruners import NoPruner
 from ccsearch.search.record import read
@@ -97,6 +104,58 @@ def overhead(trials: int, workdir: Path) -> None:
           f"{median(done) / (median(done) + train):.2%} of a trained trial (target < 1%)")
 
 
+def instant_ray_trial(config: dict, *, proxy_data, proxy, device, threads) -> None:
+    """``ray_trial``'s reports, with a trainer that trains nothing."""
+    from ray import tune
+
+    result = instant_trainer(proxy.epochs)(None, 0, lambda epoch, top1: False)
+    for epoch, top1 in enumerate(result.curve[:-1], 1):
+        tune.report({"epoch": epoch, "step": epoch, "epoch_top1": top1, "worker": "bench"})
+    tune.report({"epoch": result.epochs, "step": result.epochs, "epoch_top1": result.top1,
+                 "worker": "bench", "train_result": json.dumps(result.to_dict())})
+
+
+def trivial_tune_trial(config: dict) -> None:
+    """Ray's own cost: a Tune trial reporting the same epochs, with no driver behind it."""
+    from ray import tune
+
+    for epoch in range(1, config["epochs"] + 1):
+        tune.report({"epoch": epoch, "epoch_top1": 50.0 + epoch})
+
+
+def ray_overhead(trials: int, workdir: Path) -> None:
+    from ray import tune
+
+    base = load_study_config("mnasnet_a1_325m")
+    proxy = get_proxy(base.proxy)
+    data = load_proxy_data(proxy)
+    _start_ray(None)  # as ccsearch starts it; the ccsearch run below shuts it down
+    logging.getLogger("ray.tune").setLevel(logging.ERROR)  # no per-trial result files: fine
+    start = time.perf_counter()
+    with _tune_environment():
+        tune.Tuner(
+            tune.with_resources(trivial_tune_trial, {"cpu": 1, "gpu": 0}),
+            param_space={"epochs": proxy.epochs},
+            tune_config=tune.TuneConfig(num_samples=trials, max_concurrent_trials=2,
+                                        reuse_actors=True),
+            run_config=tune.RunConfig(name="trivial", storage_path=str(workdir / "trivial"),
+                                      verbose=0),
+        ).fit()
+    trivial = (time.perf_counter() - start) / trials
+    config = replace(base, name="ray", trials=trials, sampler="random", pruner="none",
+                     references={})
+    search = search_run.create(config, workdir / "ray")
+    start = time.perf_counter()
+    RayTune(data, RayOptions(cpus_per_trial=1), device="cpu",
+            trial_function=instant_ray_trial).run(search)
+    ours = (time.perf_counter() - start) / trials
+    trained = sum(read(t).trained for t in search.study.trials)
+    print(f"Ray, per trial ({trials} trials, {proxy.epochs} epochs reported, 2 at a time): "
+          f"a trivial Tune trial {trivial * 1e3:.0f} ms, a ccsearch trial that trains nothing "
+          f"{ours * 1e3:.0f} ms ({trained} trained, {len(search.study.trials)} sampled) -> "
+          f"ccsearch / Ray = {ours / trivial:.2f} (target <= 2: adds no more than Ray's own)")
+
+
 def hypervolume(trials: int, seeds: int, epochs: int | None, workdir: Path) -> None:
     base = load_study_config("mnasnet_a1_325m")
     if epochs is not None:  # a cheaper proxy, so that N can exceed NSGA-II's first generation
@@ -125,6 +184,7 @@ def hypervolume(trials: int, seeds: int, epochs: int | None, workdir: Path) -> N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--overhead-trials", type=int, default=30)
+    parser.add_argument("--ray-trials", type=int, default=20, help="0: skip the Ray part")
     parser.add_argument("--trials", type=int, default=6, help="trained candidates per study (0: skip)")
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--epochs", type=int, help="proxy epochs for part 2 (default: the study's)")
@@ -132,6 +192,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, optuna {optuna.__version__}, threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
         overhead(args.overhead_trials, Path(tmp))
+        if args.ray_trials:
+            ray_overhead(args.ray_trials, Path(tmp))
         if args.trials:
             hypervolume(args.trials, args.seeds, args.epochs, Path(tmp))
 

@@ -297,7 +297,10 @@ def test_a_study_of_500_trials_decodes_only_its_unfinished_trials_per_check(tmp_
         assert len(decoded) - before <= 2 * EPOCHS, "only the running trial is decoded again"
         ev.finish(c, fake_result([61.0, 62.0]))
     assert len(decoded) < 500 + 60, "each finished trial decoded about once"
-    assert sum(r.trained for r in rec.read_all(search.study)) == 503
+    before = len(decoded)
+    for _ in range(10):  # what a backend's loop reads before every trial it asks for
+        assert sum(r.trained for r in search.records()) == 503
+    assert len(decoded) - before <= 503 + 10, "the run's reads decode each finished trial once"
 
 
 def _write_transactions(engine) -> tuple[list[str], callable]:

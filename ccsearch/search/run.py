@@ -14,7 +14,7 @@ import os
 import secrets
 import shutil
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import optuna
@@ -43,9 +43,12 @@ class SearchRun:
     storage_url: str
     out: Path | None = None  # the run folder; None for a worker that joined from the storage
     sampler_seed: int = 0  # the stream of this process's sampler (recorded on its trials)
+    _records: rec.RecordCache = field(default_factory=rec.RecordCache, repr=False)
 
     def records(self) -> list[rec.TrialRecord]:
-        return rec.read_all(self.study)
+        """Every trial's record, finished ones decoded once (the backends read the study
+        before every trial they ask for); shared between reads, never to be changed."""
+        return self._records.read_all(self.study)
 
     def exhausted(self, records: list[rec.TrialRecord]) -> bool:
         """No point sampling more: too many samples, or the whole grid was tried."""

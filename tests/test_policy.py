@@ -356,8 +356,8 @@ def test_a_trained_trial_writes_its_record_3_times_plus_once_per_epoch(tmp_path)
 def test_an_over_budget_trial_writes_its_sampled_parameters_in_one_transaction(tmp_path):
     """A MnasNet-A1 candidate has about 13 parameters: Optuna writes each in a
     transaction of its own, ccsearch's storage writes them together.  An over-budget
-    trial is then 6 transactions: the ask, NSGA-II's generation tag, its parameters, its
-    constraint, its record and its tell."""
+    trial is then 6 transactions: the ask, NSGA-II's generation tag, its parameters with
+    its first record, its constraint, its last record and its tell."""
     from dataclasses import replace
 
     config = replace(load_study_config("mnasnet_a1_325m"), name="over", budget=1_000_000,
@@ -372,7 +372,9 @@ def test_an_over_budget_trial_writes_its_sampled_parameters_in_one_transaction(t
     finally:
         stop()
     assert all(len(t.params) >= 7 for t in trials)
-    assert [t for t in committed if "trial_params" in t] == ["trial_params"] * 3
+    # the parameters go with the first record (its owner), before the MADD count
+    assert [t for t in committed if "trial_params" in t] == [
+        "trial_params,trial_user_attributes"] * 3
     assert len(committed) == 6 * 3, ";".join(committed)
     for trial in search.study.trials:
         assert rec.read(trial).status == Status.INFEASIBLE

@@ -117,10 +117,12 @@ InProcess(trainer=lambda spec, seed, on_epoch: None).run(search)
 '''
 
 
-def test_a_kill_inside_the_madd_count_is_retried_once(tmp_path):
-    """Killed while counting its first candidate: on a journal storage (no heartbeats) the
-    record written before the count names its dead owner, so the next process fails the
-    trial at once and retries its architecture once."""
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_a_kill_inside_the_madd_count_is_retried_once(tmp_path, kind):
+    """Killed while counting its first candidate: the record written before the count (on
+    SQLite in the transaction of the sampled parameters) names its dead owner, so the next
+    process fails the trial at once, without waiting for its heartbeat to go stale, and
+    retries its architecture once."""
     import signal
     import sys
 
@@ -134,7 +136,9 @@ def test_a_kill_inside_the_madd_count_is_retried_once(tmp_path):
     from ccsearch.train import TrainResult
 
     files = write_tiny_study(tmp_path, trials=2)
-    out, storage = tmp_path / "run", f"journal:{tmp_path / 'journal.log'}"
+    out = tmp_path / "run"
+    storage = (f"journal:{tmp_path / 'journal.log'}" if kind == "journal"
+               else f"sqlite:///{tmp_path / 'study.db'}")
     child = subprocess.run([sys.executable, "-c", KILLED_IN_COUNT, str(files / "study.yaml"),
                             str(out), storage], capture_output=True, text=True, timeout=300)
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]

@@ -23,7 +23,7 @@ from ccsearch.search import policy
 from ccsearch.search import record as rec
 from ccsearch.search.pruners import Pruner, finished_curves
 from ccsearch.search.record import Stage, Status, TrialRecord
-from ccsearch.search.recovery import has_heartbeats, retry
+from ccsearch.search.recovery import retry
 from ccsearch.search.space import SearchSpace
 from ccsearch.search.storage import parameters_together
 from ccsearch.search.study import StudyConfig
@@ -76,24 +76,23 @@ class Evaluator:
     # ---- the steps ----------------------------------------------------------------------
 
     def begin(self, trial: optuna.Trial) -> Candidate:
-        """The trial's record, written at once where only its owner tells who holds it (a
-        journal storage: a kill in the MADD count is then detected); an RDB storage's
-        heartbeats tell that already, and the claim writes the record."""
         record = TrialRecord(number=trial.number, owner=self.owner, worker=self.owner,
                              sampler_seed=self.sampler_seed, budget=self.config.budget,
                              seed=self.config.seed, **self.measured_on)
-        if not has_heartbeats(trial.storage):
-            rec.write(trial, record)
         return Candidate(trial, record)
 
     def claim(self, c: Candidate) -> bool:
         """Sample, count and check: True to train, False when the trial already ended."""
         trial, record = c.trial, c.record
         record.reference = trial.user_attrs.get(rec.REFERENCE, "")
-        if record.reference:  # a fixed architecture of the study, not sampled
-            spec = ArchSpec.from_dict(self._references(trial)[record.reference])
-        else:
-            with parameters_together(trial.storage):
+        # Who holds the trial, written before the count (with the sampled parameters, in
+        # one transaction where the storage can): a kill in the count leaves a trial whose
+        # owner is dead, which the next process fails and retries at once.
+        with parameters_together(trial.storage):
+            rec.write(trial, record)
+            if record.reference:  # a fixed architecture of the study, not sampled
+                spec = ArchSpec.from_dict(self._references(trial)[record.reference])
+            else:
                 spec = self.space.sample(trial, suggest_all=self.config.sampler == "grid")
         c.spec = spec
         record.spec, record.digest = spec.to_dict(), spec_digest(spec)

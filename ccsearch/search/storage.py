@@ -104,11 +104,11 @@ def open_storage(
 
 class BatchingRDBStorage(RDBStorage):
     """Optuna's RDB storage, but inside ``parameters_together`` the parameters a sampler
-    sets are held and then written in one transaction: a MnasNet-A1 candidate has about 13,
-    and one commit each was most of an over-budget trial's cost.  Held parameters are
-    visible to their own trial (``optuna.Trial`` keeps them) and reach the storage before
-    anything else of the trial is written; if sampling raises, they are dropped, as if the
-    process had died there."""
+    sets, and the trial's user attributes, are held and then written in one transaction:
+    a MnasNet-A1 candidate has about 13 parameters, and one commit each was most of an
+    over-budget trial's cost.  Held values are visible to their own trial (``optuna.Trial``
+    keeps them) and reach the storage before anything else of the trial is written; if
+    sampling raises, they are dropped, as if the process had died there."""
 
     _held: list | None = None
 
@@ -118,8 +118,14 @@ class BatchingRDBStorage(RDBStorage):
             super()._set_trial_param(trial_id, param_name, param_value_internal, distribution,
                                      previous_distribution)
         else:
-            self._held.append((trial_id, param_name, param_value_internal, distribution,
-                               previous_distribution))
+            self._held.append(("param", trial_id, param_name, param_value_internal,
+                               distribution, previous_distribution))
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value) -> None:
+        if self._held is None:
+            super().set_trial_user_attr(trial_id, key, value)
+        else:
+            self._held.append(("user_attr", trial_id, key, value))
 
     @contextmanager
     def held_parameters(self) -> Iterator[None]:
@@ -133,16 +139,21 @@ class BatchingRDBStorage(RDBStorage):
             self._held = None
         if held:
             with _create_scoped_session(self.scoped_session, True) as session:
-                self._write_parameters(session, held)
+                self._write_held(session, held)
 
-    def _write_parameters(self, session, held: list) -> None:
+    def _write_held(self, session, held: list) -> None:
         """Optuna's checks (the trial may be updated, each distribution fits the study's),
         with the trial looked up once, not once per parameter."""
         from optuna.distributions import check_distribution_compatibility, distribution_to_json
         from optuna.storages._rdb import models
 
         updatable = set()
-        for trial_id, name, value, distribution, previous in held:
+        for kind, trial_id, *args in held:
+            if kind == "user_attr":
+                self._set_trial_attr_without_commit(session, models.TrialUserAttributeModel,
+                                                    trial_id, *args)
+                continue
+            name, value, distribution, previous = args
             if previous is None:  # a parameter new to this process: Optuna's own path
                 self._set_trial_param_without_commit(session, trial_id, name, value,
                                                      distribution)
@@ -158,9 +169,9 @@ class BatchingRDBStorage(RDBStorage):
 
 
 def parameters_together(storage: optuna.storages.BaseStorage):
-    """A context in which a trial's sampled parameters are written in one transaction,
-    where the storage can (a ``BatchingRDBStorage``, behind Optuna's cache); elsewhere a
-    context that changes nothing."""
+    """A context in which a trial's sampled parameters and user attributes are written in
+    one transaction where the storage can (a ``BatchingRDBStorage``, behind Optuna's cache);
+    elsewhere a context that changes nothing."""
     backend = getattr(storage, "_backend", storage)
     return backend.held_parameters() if isinstance(backend, BatchingRDBStorage) else nullcontext()
 

@@ -8,6 +8,7 @@ without the run folder), and leaves a marker file to show it ran.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import signal
 import socket
@@ -168,6 +169,10 @@ def _listening_sockets() -> list[tuple[str, int, str]]:
     return found
 
 
+def _is_loopback(ip: str) -> bool:
+    return ipaddress.ip_address(ip.removeprefix("::ffff:")).is_loopback
+
+
 def test_a_killed_ray_worker_is_retried(tmp_path):
     """SIGKILL the worker process of a training trial: Ray retries it (FailureConfig) and
     the study completes, that trial included, with nothing left RUNNING."""
@@ -187,6 +192,9 @@ def test_a_killed_ray_worker_is_retried(tmp_path):
         programs = [" ".join(cmd.split()[:2]) for _, _, cmd in sockets]  # not their flags
         assert not [p for p in programs if "dashboard" in p], programs
         assert not [port for _, port, _ in sockets if port in (8265, 52365)], sockets
+        # ... and every socket of the Ray that ccsearch started listens on loopback only.
+        exposed = [(ip, port, cmd[:80]) for ip, port, cmd in sockets if not _is_loopback(ip)]
+        assert not exposed, exposed
         os.kill(int(victim.worker.rsplit(":", 1)[1]), signal.SIGKILL)
         _, err = proc.communicate(timeout=600)
     finally:

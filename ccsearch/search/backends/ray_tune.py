@@ -340,7 +340,7 @@ def _start_ray(address: str | None) -> None:
         return
     try:
         if address is None:
-            with _quiet_token_notice():
+            with _quiet_token_notice(), _loopback_only():
                 ray.init(include_dashboard=False, log_to_driver=False,
                          logging_level=logging.WARNING)
         else:
@@ -367,6 +367,34 @@ def _quiet_token_notice() -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(drop)
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """A Ray that ccsearch starts for a local run must not open the machine to its network.
+
+    Ray binds its servers (GCS, raylet, workers, RuntimeEnvAgent) to the node's address, and
+    turns even ``_node_ip_address="127.0.0.1"`` into the machine's outward address unless
+    its cluster mode is off, the switch it keeps for Windows and macOS
+    (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``, read when Ray is imported).  Off while the node
+    starts, the node is 127.0.0.1 and every server listens there; the processes it spawns
+    inherit the variable.  Restored afterwards, so that joining a cluster later in the same
+    process still finds this machine's address.  The socket listing in
+    tests/test_ray_backend.py fails loudly if Ray moves this switch.
+    """
+    from ray._private import ray_constants
+
+    name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    before_env, before_flag = os.environ.get(name), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[name], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before_flag
+        if before_env is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before_env
 
 
 def _check_listening(address: str) -> None:

@@ -927,7 +927,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, help="candidates to train (default: the study's)")
     p.add_argument("--proxy", help=f"proxy preset ({presets}) or .yaml file (default: the study's)")
     p.add_argument("--epochs", type=int, help="override the proxy's epochs (kept by the study)")
-    p.add_argument("--data", help="data source, PATH or SOURCE=PATH (default: the proxy's; digits = embedded)")
+    p.add_argument("--data", help="data source, PATH or SOURCE=PATH (default: the proxy's; glyphs, digits and cluttered-digits are embedded)")
     p.add_argument("--backend", choices=["optuna", "ray"], default="optuna", help="trial runner (default optuna)")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
     p.add_argument("--address", help="--backend ray: join this Ray cluster (auto, or HOST:PORT of `ray start --head`)")

@@ -49,7 +49,7 @@ def test_the_header_names_proxy_data_smoke_test_and_the_baseline(tiny_runs, tmp_
     assert main(["dashboard", str(tiny_runs[0]), "-o", str(page)]) == 0
     text = page.read_text()
     assert "proxy proxy on digits 8x8 upsampled to 32px" in text
-    assert "Smoke test:</b> accuracies are on the digits smoke-test proxy, not ImageNet" in text
+    assert "Smoke test:</b> accuracies are on an embedded smoke-test proxy, not ImageNet" in text
     records = read_all(load(tiny_runs[0]))
     baseline = next(r for r in records if r.reference == "baseline")
     condconv = max((r for r in records if r.status == Status.OK and r.reference == ""),

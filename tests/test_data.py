@@ -42,6 +42,7 @@ def test_registry_lists_all_sources() -> None:
         "cifar10",
         "cifar100",
         "digits",
+        "glyphs",
     }
 
 
@@ -418,6 +419,35 @@ def test_cluttered_digits_are_one_fixed_data_set() -> None:
         "digits", resolution=32).val_y).tolist()], "every held-out digit in 5 scenes"
     with pytest.raises(UserError, match="takes no root"):
         load_data("cluttered-digits", "/tmp", resolution=32)
+
+
+def test_glyphs_are_one_fixed_data_set_with_every_class_balanced() -> None:
+    """Generated from DATA_SEED alone: the same images on every load and for every subset
+    seed, each class a distinct glyph, and a class subset keeps its images."""
+    from ccsearch.data import glyphs
+
+    a = load_data("glyphs", resolution=16)
+    b = load_data("glyphs", resolution=16, seed=7)
+    n_train, n_val = glyphs.CLASSES * glyphs.TRAIN_PER_CLASS, glyphs.CLASSES * glyphs.VAL_PER_CLASS
+    assert a.train_x.shape == (n_train, 16, 16, 3) and a.val_x.shape == (n_val, 16, 16, 3)
+    assert np.array_equal(a.train_x, b.train_x) and np.array_equal(a.val_y, b.val_y)
+    assert a.checksum() == b.checksum() != load_data("glyphs", resolution=24).checksum()
+    assert a.is_smoke_test and "not ImageNet" in a.description and a.source == "glyphs"
+    assert np.bincount(a.train_y).tolist() == [glyphs.TRAIN_PER_CLASS] * glyphs.CLASSES
+    assert np.bincount(a.val_y).tolist() == [glyphs.VAL_PER_CLASS] * glyphs.CLASSES
+    # Each class is its own glyph: a class's mean image is nearer its own held-out mean
+    # than any other class's (what a linear read-out of the ink alone can already use).
+    ink = lambda x: x.astype(np.float32).max(axis=3) - x.astype(np.float32).min(axis=(1, 2, 3))[:, None, None]  # noqa: E731
+    train_means = np.stack([ink(a.train_x[a.train_y == k]).mean(0) for k in range(a.num_classes)])
+    val_means = np.stack([ink(a.val_x[a.val_y == k]).mean(0) for k in range(a.num_classes)])
+    distances = ((val_means[:, None] - train_means[None]) ** 2).sum(axis=(2, 3))
+    assert (distances.argmin(axis=1) == np.arange(a.num_classes)).all()
+    # No training image is repeated (every render is fresh), and none is in the held-out set.
+    assert len({x.tobytes() for x in a.train_x} | {x.tobytes() for x in a.val_x}) == n_train + n_val
+    subset = load_data("glyphs", resolution=16, classes=5, images_per_class=10)
+    assert subset.num_classes == 5 and len(subset.train_y) == 50
+    with pytest.raises(UserError, match="takes no root"):
+        load_data("glyphs", "/tmp", resolution=16)
 
 
 @pytest.mark.parametrize(

@@ -126,7 +126,7 @@ def test_trained_weights_export_to_onnx_with_a_dynamic_batch(tmp_path):
 
 def test_resume_from_a_checkpoint_continues_exactly(tmp_path):
     """Stopped after epoch 1 and resumed, a run ends where the run without a stop ends."""
-    proxy = get_proxy("smoke", epochs=3)
+    proxy = get_proxy("smoke-digits", epochs=3)
     data = load_proxy_data(proxy)
     spec = get_backbone("mobilenet_v1", 0.25).with_condconv([13], 4, "sigmoid")
     straight = train_candidate(spec, proxy, data, "cpu", seed=3)

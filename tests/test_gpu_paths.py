@@ -176,7 +176,7 @@ def test_out_of_memory_in_training_is_a_failed_result_with_its_reason(digits, er
     def after_epoch(epoch, top1):
         raise error  # where the next step's allocation would fail
 
-    proxy = get_proxy("smoke", epochs=2, batch_size=32)
+    proxy = get_proxy("smoke-digits", epochs=2, batch_size=32)
     result = train_candidate(TINY, proxy, _first(digits, 64), "cpu", after_epoch)
     assert result.status == "failed" and result.reason.startswith("out of memory: ")
     assert result.epochs == 1 and len(result.curve) == 1
@@ -186,7 +186,7 @@ def test_any_other_error_in_training_is_raised(digits):
     def after_epoch(epoch, top1):
         raise ValueError("a bug")
 
-    proxy = get_proxy("smoke", epochs=1, batch_size=32)
+    proxy = get_proxy("smoke-digits", epochs=1, batch_size=32)
     with pytest.raises(ValueError, match="a bug"):
         train_candidate(TINY, proxy, _first(digits, 64), "cpu", after_epoch)
 
@@ -198,7 +198,7 @@ def test_a_stop_inside_a_report_leaves_no_frame_holding_the_model(digits):
     def report(epoch, top1):
         raise SystemExit(0)
 
-    proxy = get_proxy("smoke", epochs=2, batch_size=32)
+    proxy = get_proxy("smoke-digits", epochs=2, batch_size=32)
     with pytest.raises(SystemExit) as stopped:
         train_candidate(TINY, proxy, _first(digits, 64), "cpu", report)
     frames, tb = [], stopped.value.__traceback__
@@ -210,7 +210,7 @@ def test_a_stop_inside_a_report_leaves_no_frame_holding_the_model(digits):
 
 
 def test_a_cpu_trial_is_recorded_as_bitwise_reproducible(digits):
-    proxy = get_proxy("smoke", epochs=1, batch_size=32)
+    proxy = get_proxy("smoke-digits", epochs=1, batch_size=32)
     assert train_candidate(TINY, proxy, _first(digits, 64), "cpu").bitwise_reproducible
 
 
@@ -222,7 +222,7 @@ def test_a_training_step_never_waits_for_the_gpu(digits):
     """The syncs of an epoch (its draws, its loss, its evaluation) do not grow with its
     steps: the same count for 2 and for 8 steps per epoch."""
     def syncs(images: int) -> int:
-        proxy = get_proxy("smoke", epochs=1, batch_size=32)
+        proxy = get_proxy("smoke-digits", epochs=1, batch_size=32)
         data = device_data(_first(digits, images, 64), torch.device("cuda"))  # uploaded before
         torch.cuda.synchronize()
         with warnings.catch_warnings(record=True) as caught:

@@ -391,7 +391,7 @@ def test_train_labels_the_params_of_both_models(capsys):
     from ccsearch.train import get_proxy
 
     spec = get_backbone("mobilenet_v1", 0.25)
-    copy = get_proxy("smoke").adapt(spec, 10)  # the smoke proxy trains a half-width copy
+    copy = get_proxy("smoke").adapt(spec, 20)  # the smoke proxy trains a half-width copy, 20 glyph classes
     copy_params = sum(p.numel() for p in build_model(copy).parameters())
     full_params = sum(p.numel() for p in build_model(spec).parameters())
     code, out, err = cli(capsys, "train", "mobilenet_v1", "--width", "0.25", "--epochs", "1",
@@ -401,5 +401,5 @@ def test_train_labels_the_params_of_both_models(capsys):
     assert (data["proxy_params"], data["params"]) == (copy_params, full_params)
     code, out, err = cli(capsys, "train", "mobilenet_v1", "--width", "0.25", "--epochs", "1")
     assert "on a reduced copy of the model (width 0.5x)" in out
-    assert ("params: 59.0K in the reduced copy trained (10 classes), 470.1K in the full model "
-            "(1000 classes)") in out
+    assert (f"params: {copy_params / 1e3:.1f}K in the reduced copy trained (20 classes), 470.1K "
+            "in the full model (1000 classes)") in out

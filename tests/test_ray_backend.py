@@ -245,7 +245,7 @@ def test_an_error_inside_a_ray_trial_reaches_the_driver_with_its_message(tmp_pat
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         trainable = tune.with_parameters(ray_trial, proxy_data=load_data("digits", resolution=32),
-                                         proxy=get_proxy("smoke", epochs=1), device="cpu",
+                                         proxy=get_proxy("smoke-digits", epochs=1), device="cpu",
                                          threads=1)
         tuner = tune.Tuner(trainable, param_space={"spec": {"name": "broken"}, "seeds": [0],
                                                    "trial": 0},

@@ -49,7 +49,7 @@ def test_random_flip_flips_about_half_and_keeps_the_rest():
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():
-    proxy = get_proxy("smoke", epochs=4, warmup_epochs=1)
+    proxy = get_proxy("smoke-digits", epochs=4, warmup_epochs=1)
     factor = _lr_schedule(proxy, steps_per_epoch=10)
     warm = [factor(s) for s in range(10)]
     assert warm == sorted(warm) and warm[0] < 0.2 and factor(10) == pytest.approx(1.0)
@@ -60,11 +60,11 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
 def test_presets_and_overrides():
     assert {"smoke", "imagenet100-64px"} <= set(PRESETS)
     assert PRESETS["imagenet100-64px"].classes == 100 and PRESETS["imagenet100-64px"].resolution == 64
-    assert get_proxy("smoke", epochs=2).epochs == 2
+    assert get_proxy("smoke-digits", epochs=2).epochs == 2
     with pytest.raises(UserError, match="unknown proxy preset 'fast'"):
         get_proxy("fast")
     with pytest.raises(UserError, match="optimizer"):
-        get_proxy("smoke", optimizer="adam")
+        get_proxy("smoke-digits", optimizer="adam")
 
 
 def test_proxy_yaml_file(tmp_path):
@@ -79,7 +79,7 @@ def test_proxy_yaml_file(tmp_path):
 
 def test_adapt_changes_only_classes_width_and_depth():
     spec = get_backbone("mnasnet_a1").with_condconv([6, 7], 8)
-    adapted = get_proxy("smoke", width=0.5, depth=0.5).adapt(spec, num_classes=10)
+    adapted = get_proxy("smoke-digits", width=0.5, depth=0.5).adapt(spec, num_classes=10)
     assert adapted.num_classes == 10
     assert [g.channels for g in adapted.groups] == [8, 16, 24, 40, 56, 80, 160]
     assert [g.repeats for g in adapted.groups] == [1, 1, 2, 2, 1, 2, 1]
@@ -90,7 +90,7 @@ def test_smoke_proxy_learns_mnasnet_with_condconv(digits):
     """The acceptance run: MnasNet-A1 + CondConv(6,7, 8 experts) on the smoke proxy > 50%."""
     spec = get_backbone("mnasnet_a1").with_condconv([6, 7], 8)
     seen = []
-    result = train_candidate(spec, get_proxy("smoke"), digits, on_epoch=lambda e, a: seen.append((e, a)) or False)
+    result = train_candidate(spec, get_proxy("smoke-digits"), digits, on_epoch=lambda e, a: seen.append((e, a)) or False)
     assert result.status == "ok", result.reason
     assert result.top1 > 50
     assert [e for e, _ in seen] == [1, 2, 3, 4]
@@ -101,7 +101,7 @@ def test_smoke_proxy_learns_mnasnet_with_condconv(digits):
 
 
 def test_same_seed_same_curve_and_pruning_stops_early(digits):
-    proxy = get_proxy("smoke", epochs=2)
+    proxy = get_proxy("smoke-digits", epochs=2)
     a = train_candidate(TINY, proxy, digits, seed=1)
     b = train_candidate(TINY, proxy, digits, seed=1)
     assert a.curve == b.curve and a.losses == b.losses
@@ -110,7 +110,7 @@ def test_same_seed_same_curve_and_pruning_stops_early(digits):
 
 
 def test_divergence_is_a_result_not_a_crash(digits):
-    result = train_candidate(TINY, get_proxy("smoke", epochs=2, lr=1e12, warmup_epochs=0), digits)
+    result = train_candidate(TINY, get_proxy("smoke-digits", epochs=2, lr=1e12, warmup_epochs=0), digits)
     assert result.status == "diverged"
     assert "non-finite" in result.reason
 

@@ -82,7 +82,7 @@ def header(runs: list[RunData], dashboard: Dashboard) -> str:
         parts.append(f"<p class='muted'>{html.escape(dashboard.description)}</p>")
     parts += [_run_header(run) for run in runs]
     if any(r.smoke_test for run in runs for r in run.records):
-        parts.append("<div class='warning'><b>Smoke test:</b> accuracies are on the digits "
+        parts.append("<div class='warning'><b>Smoke test:</b> accuracies are on an embedded "
                      "smoke-test proxy, not ImageNet. They check that the search runs; they "
                      "say nothing about ImageNet accuracy.</div>")
     return "<header>" + "\n".join(parts) + "</header>"

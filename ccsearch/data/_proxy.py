@@ -67,5 +67,6 @@ class ProxyData:
 
     @property
     def is_smoke_test(self) -> bool:
-        """True for the embedded sources (cluttered-digits, digits): results say nothing about ImageNet."""
-        return self.source in ("cluttered-digits", "digits")
+        """True for the embedded sources (glyphs, cluttered-digits, digits): results say
+        nothing about ImageNet."""
+        return self.source in ("cluttered-digits", "digits", "glyphs")

@@ -12,6 +12,7 @@ from ccsearch.data.cifar import load_cifar10, load_cifar100
 from ccsearch.data.cluttered import load_cluttered_digits
 from ccsearch.data.digits import load_digits_proxy
 from ccsearch.data.downsampled import load_downsampled
+from ccsearch.data.glyphs import load_glyphs
 from ccsearch.data.imagenet import load_imagenet
 from ccsearch.errors import UserError
 
@@ -37,12 +38,13 @@ SOURCES: dict[str, Loader] = {
     "cifar100": load_cifar100,
     "digits": load_digits_proxy,
     "cluttered-digits": load_cluttered_digits,
+    "glyphs": load_glyphs,
 }
 
-DEFAULT_SOURCE = "digits"
+DEFAULT_SOURCE = "glyphs"
 # Sources that live in the package (generated or bundled): they take no root, and their
 # accuracies say nothing about ImageNet.
-EMBEDDED_SOURCES = ("cluttered-digits", "digits")
+EMBEDDED_SOURCES = ("cluttered-digits", "digits", "glyphs")
 
 
 def available_sources() -> list[str]:

@@ -100,8 +100,15 @@ def _colours(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def _stroke(u: np.ndarray, v: np.ndarray, rng: np.random.Generator, n: int, width: float) -> np.ndarray:
-    """One straight stroke per image, anti-aliased: its coverage in [0, 1]."""
-    (x0, y0, x1, y1) = rng.uniform(-1, 1, (4, n)).astype(np.float32)[..., None, None]
+    """One random straight stroke per image: its coverage in [0, 1]."""
+    return stroke_coverage(u, v, tuple(rng.uniform(-1, 1, (4, n)).astype(np.float32)[..., None, None]),
+                           width)
+
+
+def stroke_coverage(u: np.ndarray, v: np.ndarray, ends: tuple[np.ndarray, ...], width: float) -> np.ndarray:
+    """Anti-aliased coverage in [0, 1] of the segments (x0, y0) -> (x1, y1), one per image,
+    at pixel centres (u, v) in [-1, 1]."""
+    x0, y0, x1, y1 = ends
     dx, dy = x1 - x0, y1 - y0
     t = np.clip(((u - x0) * dx + (v - y0) * dy) / (dx * dx + dy * dy + 1e-6), 0, 1)
     distance = np.hypot(u - (x0 + t * dx), v - (y0 + t * dy))

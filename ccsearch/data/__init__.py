@@ -5,10 +5,9 @@ full ImageNet training. Nothing here downloads anything.
 """
 
 from ccsearch.data._common import DataOptions
-from ccsearch.data._proxy import ProxyData
+from ccsearch.data._proxy import EMBEDDED_SOURCES, ProxyData
 from ccsearch.data._registry import (
     DEFAULT_SOURCE,
-    EMBEDDED_SOURCES,
     SOURCES,
     available_sources,
     detect_source,

@@ -42,9 +42,6 @@ SOURCES: dict[str, Loader] = {
 }
 
 DEFAULT_SOURCE = "glyphs"
-# Sources that live in the package (generated or bundled): they take no root, and their
-# accuracies say nothing about ImageNet.
-EMBEDDED_SOURCES = ("cluttered-digits", "digits", "glyphs")
 
 
 def available_sources() -> list[str]:

@@ -359,6 +359,59 @@ def test_tiny_map_kernel_crop_is_exact(size, kernel, stride):
     torch.testing.assert_close(out, _per_example_reference(layer, x, layer.routing.last_weights), atol=1e-5, rtol=1e-5)
 
 
+
+def _aten_ops(fn) -> set[str]:
+    """The aten ops ``fn`` dispatches, its backward included."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Log(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    seen: set[str] = set()
+    with Log():
+        fn()
+    return seen
+
+
+# (in, out, kernel, stride, groups, bias, input size): 1-pixel outputs of the low-res proxy
+ONE_PIXEL_OUTPUTS = [
+    (16, 24, 1, 1, 1, False, 1),  # pointwise (an MBConv's expand or project, the head)
+    (16, 24, 1, 1, 1, True, 1),  # squeeze-excite's reduce and expand
+    (16, 24, 1, 2, 1, False, 2),  # strided pointwise: reads one pixel
+    (12, 12, 3, 1, 12, False, 1),  # depthwise on a 1x1 map: the centre tap only
+    (12, 12, 5, 2, 12, True, 2),  # depthwise, stride 2, from a 2x2 map: 4 taps meet it
+    (12, 12, 3, 2, 12, False, 1),
+]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", ONE_PIXEL_OUTPUTS, ids=lambda s: f"{s[0]}-{s[1]}-k{s[2]}-s{s[3]}-g{s[4]}-{s[6]}px")
+def test_static_conv_on_one_pixel_outputs_is_a_matmul_or_scaling(shape, channels_last):
+    """Where oneDNN is slowest (1-pixel outputs), eager mode runs no convolution, with the
+    output and every gradient of ``F.conv2d``; a traced graph keeps the convolution."""
+    cin, cout, k, s, g, bias, size = shape
+    torch.manual_seed(0)
+    conv = Conv2d(cin, cout, k, s, k // 2, groups=g, bias=bias)
+    x = _in_layout(torch.randn(5, cin, size, size), channels_last).requires_grad_()
+    out = conv(x)
+    assert out.shape[-2:] == (1, 1)
+    expected = F.conv2d(x, conv.weight, conv.bias, s, k // 2, 1, g)
+    torch.testing.assert_close(out, expected)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x, *conv.parameters()], grad)
+    want = torch.autograd.grad(expected, [x, *conv.parameters()], grad)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+    ops = _aten_ops(lambda: conv(x).sum().backward())
+    assert not {"convolution", "convolution_backward"} & ops, sorted(ops)
+    graph = torch.jit.trace(conv, x.detach()).inlined_graph
+    assert "aten::_convolution" in str(graph)
+    # a larger output still runs the convolution
+    assert "convolution" in _aten_ops(lambda: conv(torch.randn(2, cin, 4 * s, 4 * s)))
+
+
 CHANNELS_LAST = torch.channels_last
 
 

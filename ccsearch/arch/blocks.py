@@ -63,9 +63,9 @@ class SqueezeExcite(nn.Module):
 
     def __init__(self, channels: int, reduced: int, act: str):
         super().__init__()
-        self.reduce = nn.Conv2d(channels, reduced, 1)
+        self.reduce = Conv2d(channels, reduced, 1)  # a matmul on the pooled pixel
         self.act = make_activation(act)
-        self.expand = nn.Conv2d(reduced, channels, 1)
+        self.expand = Conv2d(reduced, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = F.adaptive_avg_pool2d(x, 1)  # [B, C, 1, 1]

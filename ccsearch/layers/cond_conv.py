@@ -122,13 +122,89 @@ def _pixels_as_rows(x: torch.Tensor) -> torch.Tensor:
 def conv2d_tiny_aware(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding, dilation, groups
 ) -> torch.Tensor:
-    """``F.conv2d`` that first drops kernel taps which can only meet padding."""
+    """``F.conv2d`` that first drops kernel taps which can only meet padding, and in eager
+    mode runs pointwise and depthwise kernels on 1-pixel outputs without oneDNN.
+
+    Why: on the late layers of a low-resolution proxy (1x1 maps, batch 64) oneDNN spends
+    0.3-2 ms on a convolution that is a matmul (pointwise) or a per-channel scaling
+    (depthwise), most of a smoke trial's time.  A matmul or a few elementwise ops give the
+    same result; traced and exported graphs keep the convolution.
+    """
     crop = tiny_map_crop(weight.shape[-2:], padding, dilation, x.shape[-2:])
     if crop is not None:
         ch, cw = crop
         weight = weight[..., ch : weight.shape[-2] - ch, cw : weight.shape[-1] - cw]
         padding = (padding[0] - ch, padding[1] - cw)
+    if not canonical_form():
+        b, c, h, w = x.shape
+        o, kernel = weight.shape[0], tuple(weight.shape[-2:])
+        ho, wo = conv_output_size((h, w), kernel, stride, padding, dilation)
+        if ho * wo == 1 and kernel == (1, 1) and padding == (0, 0) and groups == 1:
+            pixel = x[:, :, :1, :1].reshape(b, c)  # the one pixel a 1x1 kernel reads
+            return F.linear(pixel, weight.view(o, c), bias).view(b, o, 1, 1)
+        if ho * wo <= TAPS_MAX_PIXELS and groups == c == o and weight.shape[1] == 1:
+            taps = TapPlan((h, w), kernel, stride, padding, dilation)
+            out = taps.apply(x, taps.select(weight.view(1, c, *kernel)))
+            return out if bias is None else out + bias.view(1, c, 1, 1)
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+def conv_output_size(size, kernel, stride, padding, dilation) -> tuple[int, int]:
+    dims = zip(size, padding, dilation, kernel, stride, strict=True)
+    return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in dims)  # type: ignore[return-value]
+
+
+TAPS_MAX_PIXELS = 1  # depthwise layers run as per-channel scalings on outputs this small
+
+
+class TapPlan:
+    """A depthwise convolution as a sum of per-channel scalings, one per kernel tap that
+    meets the image: elementwise ops only, so the cost does not hang on which convolution
+    backend ATen picks (on one thread it runs a folded depthwise conv with a 1x1 kernel
+    and batch 1 as a loop over all ``B * C`` groups).  Elementwise ops keep the input's
+    layout, so the output has it too.  ``select`` cuts the taps used out of a kernel (or
+    out of stacked experts, before they are mixed: less to mix)."""
+
+    def __init__(self, size, kernel, stride, padding, dilation):
+        (h, w), (kh, kw), (sh, sw), (dh, dw) = size, kernel, stride, dilation
+        self.size, self.stride, self.padding, self.dilation = size, stride, padding, dilation
+        self.out = conv_output_size(size, kernel, stride, padding, dilation)
+        self.reach_h = [_tap_reach(u * dh - padding[0], sh, self.out[0], h) for u in range(kh)]
+        self.reach_w = [_tap_reach(v * dw - padding[1], sw, self.out[1], w) for v in range(kw)]
+        rows = [u for u, (meets, _) in enumerate(self.reach_h) if meets]
+        cols = [v for v, (meets, _) in enumerate(self.reach_w) if meets]
+        self.meets_image = bool(rows and cols)
+        self.rows = range(rows[0], rows[-1] + 1) if rows else range(0)
+        self.cols = range(cols[0], cols[-1] + 1) if cols else range(0)
+
+    def select(self, kernels: torch.Tensor) -> torch.Tensor:
+        """``[..., kh, kw]`` kernels -> ``[..., R, S]``: only the taps that meet the image."""
+        r, s = self.rows, self.cols
+        return kernels[..., r.start : r.stop, s.start : s.stop]
+
+    def apply(self, x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+        """``x`` [B, C, H, W] convolved with ``kernels`` [N, C, R, S] of the selected taps,
+        one per example (N = B) or one for all (N = 1)."""
+        b, c = x.shape[:2]
+        (ho, wo), (sh, sw), (dh, dw), (ph, pw) = self.out, self.stride, self.dilation, self.padding
+        if not self.meets_image:  # every tap meets only padding
+            layout = torch.channels_last if _channels_last(x) else torch.contiguous_format
+            zeros = torch.zeros(b, c, ho, wo, dtype=x.dtype, device=x.device, memory_format=layout)
+            return zeros + 0 * kernels.sum()  # keeps the kernels in the graph
+        kernels = kernels.reshape(*kernels.shape, 1, 1)  # [N, C, R, S, 1, 1]
+        padded, out = None, None
+        for i, u in enumerate(self.rows):
+            for j, v in enumerate(self.cols):
+                top, left = u * dh - ph, v * dw - pw
+                source = x
+                if not (self.reach_h[u][1] and self.reach_w[v][1]):  # reads some padding
+                    if padded is None:
+                        padded = F.pad(x, (pw, pw, ph, ph))
+                    source, top, left = padded, top + ph, left + pw
+                bottom, right = top + sh * (ho - 1) + 1, left + sw * (wo - 1) + 1
+                term = source[:, :, top:bottom:sh, left:right:sw] * kernels[:, :, i, j]
+                out = term if out is None else out + term
+        return out
 
 
 class Conv2d(nn.Conv2d):
@@ -257,7 +333,7 @@ class CondConv2d(nn.Module):
     # Measured crossovers on CPU (benchmarks/bench_condconv.py).
     EXPERTS_FIRST_MAX_PIXELS = 4
     EXPERTS_FIRST_IN_PER_OUTPUT = 1.5  # ... and in_channels > this x experts x output pixels
-    TAPS_MAX_PIXELS = 1
+    TAPS_MAX_PIXELS = TAPS_MAX_PIXELS
     BMM_PIXELS_AS_ROWS = 4  # eager bmm puts pixels on the rows of its product up to here
     INFERENCE_CHUNK = 8  # without autograd, mix and apply kernels 8 examples at a time
     INFERENCE_CHUNK_MAX_MAP = 65536  # ... in a grouped conv, if an example's input is this small
@@ -476,8 +552,7 @@ class CondConv2d(nn.Module):
         return "conv"
 
     def _output_size(self, size, padding: tuple[int, int]) -> tuple[int, int]:
-        dims = zip(size, padding, self.dilation, self.kernel_size, self.stride, strict=True)
-        return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in dims)  # type: ignore[return-value]
+        return conv_output_size(size, self.kernel_size, self.stride, padding, self.dilation)
 
     def _cropped_experts(
         self, padding: tuple[int, int], size: tuple[int, int]
@@ -494,44 +569,13 @@ class CondConv2d(nn.Module):
     def _forward_taps(
         self, x: torch.Tensor, routing_weights: torch.Tensor, padding: tuple[int, int]
     ) -> torch.Tensor:
-        """Depthwise as a sum of per-channel scalings, one per kernel tap that meets the image.
-
-        Elementwise ops only, so the cost does not hang on which convolution backend ATen
-        picks (on one thread it runs a folded depthwise conv with a 1x1 kernel and batch 1
-        as a loop over all ``B * C`` groups).  Only the taps used are mixed.  Elementwise
-        ops keep the input's layout, so the output has it too.
-        """
-        b, c, h, w = x.shape
-        e = self.num_experts
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-        ho, wo = self._output_size((h, w), padding)
-        reach_h = [_tap_reach(u * dh - padding[0], sh, ho, h) for u in range(kh)]
-        reach_w = [_tap_reach(v * dw - padding[1], sw, wo, w) for v in range(kw)]
-        rows = [u for u, (meets, _) in enumerate(reach_h) if meets]
-        cols = [v for v, (meets, _) in enumerate(reach_w) if meets]
-        if not rows or not cols:  # every tap meets only padding
-            layout = torch.channels_last if _channels_last(x) else torch.contiguous_format
-            out = torch.zeros(b, c, ho, wo, dtype=x.dtype, device=x.device, memory_format=layout)
-            out = out + 0 * routing_weights.sum()
-        else:
-            r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-            experts = self.weight.view(e, c, kh, kw)[:, :, r0:r1, c0:c1]  # [E, C, R, S]
-            kernels = routing_weights @ experts.reshape(e, -1)  # [B, E] @ [E, C*R*S]
-            kernels = kernels.view(b, c, r1 - r0, c1 - c0, 1, 1)
-            padded = None
-            out = None
-            for u in range(r0, r1):
-                for v in range(c0, c1):
-                    top, left = u * dh - padding[0], v * dw - padding[1]
-                    source = x
-                    if not (reach_h[u][1] and reach_w[v][1]):  # reads some padding
-                        if padded is None:
-                            padded = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
-                        source, top, left = padded, top + padding[0], left + padding[1]
-                    bottom, right = top + sh * (ho - 1) + 1, left + sw * (wo - 1) + 1
-                    patch = source[:, :, top:bottom:sh, left:right:sw]  # [B, C, H', W']
-                    term = patch * kernels[:, :, u - r0, v - c0]
-                    out = term if out is None else out + term
+        """Depthwise as a sum of per-channel scalings (:class:`TapPlan`); only the taps that
+        meet the image are mixed."""
+        b, c = x.shape[:2]
+        taps = TapPlan(x.shape[-2:], self.kernel_size, self.stride, padding, self.dilation)
+        experts = taps.select(self.weight.view(self.num_experts, c, *self.kernel_size))
+        kernels = routing_weights @ experts.reshape(self.num_experts, -1)  # [B, C*R*S]
+        out = taps.apply(x, kernels.view(b, c, *experts.shape[-2:]))
         if self.bias is not None:
             out = out + (routing_weights @ self.bias).view(b, c, 1, 1)
         return out

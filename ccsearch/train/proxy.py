@@ -92,11 +92,12 @@ class ProxyConfig:
 
 PRESETS: dict[str, ProxyConfig] = {
     # The embedded default: generated stroke glyphs (20 classes) at 16px on a half-width
-    # copy of the candidate, 4 epochs: ~25 s of training per MnasNet-A1 candidate on 2 CPU
-    # cores (CondConv-heavy layouts up to ~45 s), ~80% top-1 for MnasNet-A1, and a
-    # seed-to-seed Kendall tau of 0.71 over 8 candidates (benchmarks/README.md).  No
-    # drop-connect and a one-epoch warm-up: both cut the seed spread of layouts with
-    # CondConv in many groups.  A smoke test of the pipeline, not an ImageNet estimate.
+    # copy of the candidate, 4 epochs: 19-24 s of training per seed for MnasNet-A1 on 2 CPU
+    # cores, 26-29 s with CondConv in 2-4 groups, 34-51 s with CondConv in 5-7 groups
+    # (on 1x1 maps a CondConv layer is E times its static layer's work); ~80-84% top-1 for
+    # MnasNet-A1; a seed-to-seed Kendall tau of 0.64-0.71 over 8 candidates
+    # (benchmarks/README.md).  No drop-connect and a one-epoch warm-up: both cut the seed
+    # spread of layouts with CondConv in many groups.  A smoke test, not ImageNet.
     "smoke": ProxyConfig(
         name="smoke",
         data="glyphs",

@@ -167,7 +167,7 @@ class TapPlan:
 
     def __init__(self, size, kernel, stride, padding, dilation):
         (h, w), (kh, kw), (sh, sw), (dh, dw) = size, kernel, stride, dilation
-        self.size, self.stride, self.padding, self.dilation = size, stride, padding, dilation
+        self.stride, self.padding, self.dilation = stride, padding, dilation
         self.out = conv_output_size(size, kernel, stride, padding, dilation)
         self.reach_h = [_tap_reach(u * dh - padding[0], sh, self.out[0], h) for u in range(kh)]
         self.reach_w = [_tap_reach(v * dw - padding[1], sw, self.out[1], w) for v in range(kw)]
@@ -208,7 +208,8 @@ class TapPlan:
 
 
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` (zero padding) with the tiny-map kernel crop of :func:`tiny_map_crop`."""
+    """``nn.Conv2d`` (zero padding) run by :func:`conv2d_tiny_aware`: the tiny-map kernel
+    crop, and in eager mode a matmul or per-channel scalings on 1-pixel outputs."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return conv2d_tiny_aware(

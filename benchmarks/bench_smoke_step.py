@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from ccsearch.arch import build_model, get_backbone  # noqa: E402
 from ccsearch.layers import Conv2d  # noqa: E402
-from ccsearch.layers.cond_conv import tiny_map_crop  # noqa: E402
+from ccsearch.layers.cond_conv import crop_to_image  # noqa: E402
 from ccsearch.train.proxy import get_proxy  # noqa: E402
 from ccsearch.train.trainer import _optimizer, apply_recipe  # noqa: E402
 
@@ -50,11 +50,7 @@ class CropOnlyConv2d(nn.Conv2d):
     """``Conv2d`` as it was: the tiny-map crop, then oneDNN for every shape."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, padding = self.weight, self.padding
-        crop = tiny_map_crop(weight.shape[-2:], padding, self.dilation, x.shape[-2:])
-        if crop is not None:
-            (ch, cw), (kh, kw) = crop, weight.shape[-2:]
-            weight, padding = weight[..., ch : kh - ch, cw : kw - cw], (padding[0] - ch, padding[1] - cw)
+        weight, padding = crop_to_image(self.weight, self.padding, self.dilation, x.shape[-2:])
         return F.conv2d(x, weight, self.bias, self.stride, padding, self.dilation, self.groups)
 
 

@@ -84,6 +84,18 @@ def tiny_map_crop(
     return crop if any(crop) else None  # type: ignore[return-value]
 
 
+def crop_to_image(
+    kernels: torch.Tensor, padding: tuple[int, int], dilation: tuple[int, int], size: tuple[int, int]
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """``[..., kh, kw]`` kernels without the taps :func:`tiny_map_crop` drops on a map of
+    ``size``, and the padding left; unchanged where nothing can be cropped."""
+    crop = tiny_map_crop(kernels.shape[-2:], padding, dilation, size)
+    if crop is None:
+        return kernels, padding
+    (ch, cw), (kh, kw) = crop, kernels.shape[-2:]
+    return kernels[..., ch : kh - ch, cw : kw - cw], (padding[0] - ch, padding[1] - cw)
+
+
 def canonical_form() -> bool:
     """Whether a graph is being recorded (fvcore's trace, ``torch.export``, ``torch.compile``):
     then every layer runs its canonical form, whatever is fastest in eager mode."""
@@ -130,11 +142,7 @@ def conv2d_tiny_aware(
     (depthwise), most of a smoke trial's time.  A matmul or a few elementwise ops give the
     same result; traced and exported graphs keep the convolution.
     """
-    crop = tiny_map_crop(weight.shape[-2:], padding, dilation, x.shape[-2:])
-    if crop is not None:
-        ch, cw = crop
-        weight = weight[..., ch : weight.shape[-2] - ch, cw : weight.shape[-1] - cw]
-        padding = (padding[0] - ch, padding[1] - cw)
+    weight, padding = crop_to_image(weight, padding, dilation, x.shape[-2:])
     if not canonical_form():
         b, c, h, w = x.shape
         o, kernel = weight.shape[0], tuple(weight.shape[-2:])
@@ -560,12 +568,7 @@ class CondConv2d(nn.Module):
     ) -> tuple[torch.Tensor, tuple[int, int]]:
         """The experts without the taps that only meet padding on this map, and what padding
         is left."""
-        experts = self.expert_kernels()  # [E, out, in/g, kh, kw]
-        crop = tiny_map_crop(self.kernel_size, padding, self.dilation, size)
-        if crop is None:
-            return experts, padding
-        (ch, cw), (kh, kw) = crop, self.kernel_size
-        return experts[..., ch : kh - ch, cw : kw - cw], (padding[0] - ch, padding[1] - cw)
+        return crop_to_image(self.expert_kernels(), padding, self.dilation, size)
 
     def _forward_taps(
         self, x: torch.Tensor, routing_weights: torch.Tensor, padding: tuple[int, int]

@@ -72,7 +72,7 @@ def variants(groups: list[int], proxy) -> dict[str, tuple[nn.Module, torch.optim
     apply_recipe(shipped, proxy)
     crop_only, plain = with_conv_class(shipped, CropOnlyConv2d), with_conv_class(shipped, nn.Conv2d)
     looped = copy.deepcopy(shipped)
-    groups = [{"params": g["params"], "weight_decay": g["weight_decay"]}
+    groups = [{"params": g["params"], "weight_decay": g["weight_decay"], "lr": g["lr"]}
               for g in _optimizer(looped, proxy).param_groups]  # the trainer's groups
     loop = torch.optim.SGD(groups, lr=proxy.lr, momentum=proxy.momentum, nesterov=True,
                            foreach=False)  # fmt: skip

@@ -248,3 +248,33 @@ def test_drop_connect_drops_whole_residual_branches_per_example_in_training_only
     kept = [torch.allclose(o, b / 0.5, atol=1e-5) for o, b in zip(out, branch, strict=True)]
     assert all(d or k for d, k in zip(dropped, kept, strict=True)), "whole branches only"
     assert 16 < sum(dropped) < 48  # about half of 64 examples
+
+
+def test_routing_lr_scales_only_the_routing_functions_step(digits, tmp_path):
+    """``routing_lr`` is a factor of the LR for the routers' parameters alone: at 0 they
+    keep their initial values through training while the experts and the rest learn."""
+    from ccsearch.arch import build_model
+    from ccsearch.checkpoint import load_weights
+    from ccsearch.train.trainer import _optimizer
+
+    spec = TINY.with_condconv([len(TINY.groups) - 1, len(TINY.groups)], 4)
+    proxy = get_proxy("smoke-digits", epochs=1, routing_lr=0.0)
+    result = train_candidate(spec, proxy, digits, seed=3, save_to=tmp_path / "ckpt")
+    assert result.status == "ok"
+    torch.manual_seed(3)
+    initial = build_model(proxy.adapt(spec, digits.num_classes))
+    trained = build_model(proxy.adapt(spec, digits.num_classes))
+    load_weights(trained, tmp_path / "ckpt" / "model.safetensors")
+    before, after = dict(initial.named_parameters()), dict(trained.named_parameters())
+    routing = [name for name in before if ".routing." in name]
+    assert routing and all(torch.equal(before[n], after[n]) for n in routing)
+    experts = [n for n in before if n.endswith("conv.weight") and before[n].ndim == 2]
+    assert experts and not any(torch.equal(before[n], after[n]) for n in experts)
+
+    groups = _optimizer(initial, get_proxy("smoke-digits", routing_lr=0.25)).param_groups
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(map(id, before.values()))
+    for group in groups:
+        in_routing = {id(p) for p in group["params"]} <= {id(before[n]) for n in routing}
+        assert group["lr_factor"] == (0.25 if in_routing else 1.0)
+    with pytest.raises(UserError, match="routing_lr must be >= 0, got -1"):
+        get_proxy("smoke-digits", routing_lr=-1)

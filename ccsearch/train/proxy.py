@@ -38,6 +38,11 @@ class ProxyConfig:
     warmup_epochs: float = 0.5  # linear warm-up keeps early BN statistics sane
     label_smoothing: float = 0.1
     grad_clip: float | None = 5.0  # max gradient norm: unbounded routers (relu) can blow up
+    # Factor of the LR for the routing functions' parameters (0 freezes them).  A router's
+    # logit scales a whole per-example kernel, so SGD's step on it is steep where the
+    # reference's RMSProp normalises it; at 1 it stalls CondConv-heavy layouts on a short
+    # proxy (benchmarks/README.md, "The routing's learning rate").
+    routing_lr: float = 1.0
     crop_padding: int = 4  # random crop with this much zero padding
     flip: bool = True  # random horizontal flip
     width: float = 1.0  # proxy-only width multiplier of the candidate
@@ -67,6 +72,9 @@ class ProxyConfig:
             value = getattr(self, name)
             if not isinstance(value, int | float) or not value > 0:
                 raise UserError(f"{where}: {name} must be > 0, got {value!r}")
+        if not isinstance(self.routing_lr, int | float) or isinstance(self.routing_lr, bool) \
+                or not self.routing_lr >= 0:
+            raise UserError(f"{where}: routing_lr must be >= 0, got {self.routing_lr!r}")
         for name in ("label_smoothing", "bn_momentum", "drop_connect"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < 1:
@@ -110,6 +118,7 @@ PRESETS: dict[str, ProxyConfig] = {
         flip=False,  # a flipped glyph is another glyph
         width=0.5,
         drop_connect=0.0,
+        routing_lr=0.1,
     ),
     # The embedded default before it (kept to compare with, and fast for tests): the
     # bundled digits at 32px, 6-11 s per candidate, ~92% for MnasNet-A1; it saturates and

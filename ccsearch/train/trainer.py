@@ -27,6 +27,7 @@ from ccsearch.arch.blocks import Block
 from ccsearch.checkpoint import Checkpoint, load_weights, save_checkpoint
 from ccsearch.data import ProxyData
 from ccsearch.errors import UserError
+from ccsearch.layers import Routing
 from ccsearch.provenance import versions
 from ccsearch.train import device as placement
 from ccsearch.train.augment import Draws, crop_flip
@@ -271,7 +272,8 @@ def _epochs(model, proxy, data, device, on_epoch, result, generator, optimizer, 
         loss_sum = torch.zeros((), device=device)
         for step in range(steps_per_epoch):
             for group in optimizer.param_groups:
-                group["lr"] = proxy.lr * schedule((epoch - 1) * steps_per_epoch + step)
+                group["lr"] = group["lr_factor"] * proxy.lr * schedule(
+                    (epoch - 1) * steps_per_epoch + step)
             batch = slice(step * batch_size, (step + 1) * batch_size)
             index = order[batch]
             images = crop_flip(data.train_x[index], proxy.crop_padding, draws[batch])
@@ -335,13 +337,17 @@ def evaluate(model: nn.Module, data: DeviceData, batch_size: int = 256, autocast
 
 
 def _optimizer(model: nn.Module, proxy: ProxyConfig) -> torch.optim.Optimizer:
-    """No weight decay on batch norm and biases (1-D parameters)."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [
-        {"params": decay, "weight_decay": proxy.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    """No weight decay on batch norm and biases (1-D parameters); the routing functions'
+    parameters at ``routing_lr`` times the LR (``lr_factor`` of each group)."""
+    routing = {id(p) for m in model.modules() if isinstance(m, Routing) for p in m.parameters()}
+    groups = []
+    for factor, in_routing in ((1.0, False), (proxy.routing_lr, True)):
+        members = [p for p in model.parameters() if (id(p) in routing) == in_routing]
+        for decay, weight_decay in ((True, proxy.weight_decay), (False, 0.0)):
+            params = [p for p in members if (p.ndim > 1) == decay]
+            if params:
+                groups.append({"params": params, "weight_decay": weight_decay,
+                               "lr": factor * proxy.lr, "lr_factor": factor})
     if proxy.optimizer == "rmsprop":
         return torch.optim.RMSprop(
             groups, lr=proxy.lr, alpha=0.9, eps=1e-3, momentum=proxy.momentum

@@ -40,8 +40,9 @@ class ProxyConfig:
     grad_clip: float | None = 5.0  # max gradient norm: unbounded routers (relu) can blow up
     # Factor of the LR for the routing functions' parameters (0 freezes them).  A router's
     # logit scales a whole per-example kernel, so SGD's step on it is steep where the
-    # reference's RMSProp normalises it; at 1 it stalls CondConv-heavy layouts on a short
-    # proxy (benchmarks/README.md, "The routing's learning rate").
+    # reference's RMSProp normalises it: 0.1 ends most take-off stalls of CondConv-heavy
+    # layouts on the smoke proxy, but ranks its candidates no better (benchmarks/README.md,
+    # "The routing's learning rate"), so no preset departs from 1 yet.
     routing_lr: float = 1.0
     crop_padding: int = 4  # random crop with this much zero padding
     flip: bool = True  # random horizontal flip
@@ -118,7 +119,6 @@ PRESETS: dict[str, ProxyConfig] = {
         flip=False,  # a flipped glyph is another glyph
         width=0.5,
         drop_connect=0.0,
-        routing_lr=0.1,
     ),
     # The embedded default before it (kept to compare with, and fast for tests): the
     # bundled digits at 32px, 6-11 s per candidate, ~92% for MnasNet-A1; it saturates and

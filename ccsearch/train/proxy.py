@@ -41,7 +41,7 @@ class ProxyConfig:
     # Factor of the LR for the routing functions' parameters (0 freezes them).  A router's
     # logit scales a whole per-example kernel, so SGD's step on it is steep where the
     # reference's RMSProp normalises it: 0.1 ends most take-off stalls of CondConv-heavy
-    # layouts on the smoke proxy, but ranks its candidates no better (benchmarks/README.md,
+    # layouts on the smoke proxy, but ranks its candidates worse (benchmarks/README.md,
     # "The routing's learning rate"), so no preset departs from 1 yet.
     routing_lr: float = 1.0
     crop_padding: int = 4  # random crop with this much zero padding
@@ -104,7 +104,7 @@ PRESETS: dict[str, ProxyConfig] = {
     # copy of the candidate, 4 epochs: 19-24 s of training per seed for MnasNet-A1 on 2 CPU
     # cores, 26-29 s with CondConv in 2-4 groups, 34-51 s with CondConv in 5-7 groups
     # (on 1x1 maps a CondConv layer is E times its static layer's work); ~80-84% top-1 for
-    # MnasNet-A1; a seed-to-seed Kendall tau of 0.64-0.71 over 8 candidates
+    # MnasNet-A1; a seed-to-seed Kendall tau of 0.64-0.79 over 8 candidates
     # (benchmarks/README.md).  No drop-connect and a one-epoch warm-up: both cut the seed
     # spread of layouts with CondConv in many groups.  A smoke test, not ImageNet.
     "smoke": ProxyConfig(

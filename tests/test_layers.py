@@ -153,6 +153,27 @@ def test_calibrated_routing_is_sigmoids_slope_and_start_for_every_activation(act
     torch.testing.assert_close(calibrated(torch.zeros(2, 10, 3, 3)), torch.full((2, E), 0.5))
 
 
+@pytest.mark.parametrize("activation", ROUTING_ACTIVATIONS)
+def test_routing_blend_ramps_every_example_from_one_shared_kernel_to_its_own(activation):
+    """``blend`` 0: every example gets the experts' sum / 2 (one static kernel), checked
+    against ``F.conv2d`` with that kernel; 1: the routing untouched, bit for bit; between:
+    the straight line from 1/2 to the routing's own weights."""
+    torch.manual_seed(2)
+    layer = CondConv2d(6, 8, 3, padding=1, num_experts=4, routing=activation,
+                       calibrated_routing=True)
+    x = torch.randn(5, 6, 7, 7)
+    own = layer.routing(x)
+    layer.routing.blend = 0.0
+    shared = layer.expert_kernels().sum(0) / 2
+    torch.testing.assert_close(layer(x), F.conv2d(x, shared, layer.bias.sum(0) / 2, padding=1),
+                               atol=1e-5, rtol=1e-5)
+    layer.routing.blend = 0.25
+    torch.testing.assert_close(layer.routing(x), 0.5 + 0.25 * (own - 0.5))
+    torch.testing.assert_close(layer.routing.last_weights, 0.5 + 0.25 * (own - 0.5))
+    layer.routing.blend = 1.0
+    assert torch.equal(layer.routing(x), own)
+
+
 def test_calibrated_relu_routing_with_every_expert_off_gives_zero_weights():
     routing = Routing(4, 3, "relu", calibrated=True)
     with torch.no_grad():

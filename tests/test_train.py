@@ -16,7 +16,7 @@ from ccsearch.data import load_data
 from ccsearch.errors import UserError
 from ccsearch.train import PRESETS, get_proxy, load_proxy_data, train_candidate
 from ccsearch.train.augment import random_crop_flip
-from ccsearch.train.trainer import _lr_schedule
+from ccsearch.train.trainer import _lr_schedule, _routing_blend
 
 TINY = get_backbone("mobilenet_v1", 0.25)  # a fast model for behaviour tests
 
@@ -278,3 +278,52 @@ def test_routing_lr_scales_only_the_routing_functions_step(digits, tmp_path):
         assert group["lr_factor"] == (0.25 if in_routing else 1.0)
     with pytest.raises(UserError, match="routing_lr must be >= 0, got -1"):
         get_proxy("smoke-digits", routing_lr=-1)
+
+
+def test_routing_warmup_ramps_the_blend_and_trains_the_candidate_itself_at_the_end():
+    """``routing_warmup`` is a fraction of the training: the blend rises linearly to 1 by
+    then and stays 1, whatever the epochs (the last step always trains the candidate)."""
+    proxy = get_proxy("smoke-digits", epochs=4, routing_warmup=0.5)
+    blend = _routing_blend(proxy, steps_per_epoch=10)  # 40 steps, a ramp of 20
+    assert [blend(s) for s in (0, 9, 19, 20, 39)] == [1 / 20, 10 / 20, 1.0, 1.0, 1.0]
+    for warmup, epochs in ((1.0, 1), (1.0, 3), (0.3, 2), (0.01, 1)):
+        last = _routing_blend(get_proxy("smoke-digits", epochs=epochs, routing_warmup=warmup), 7)
+        assert last(epochs * 7 - 1) == 1.0
+    assert _routing_blend(get_proxy("smoke-digits"), 10)(0) == 1.0  # off: 0
+    for bad in (1.5, -0.1, True):
+        with pytest.raises(UserError, match=f"routing_warmup must be a fraction of the "
+                                            f"training in \\[0, 1\\], got {bad!r}"):
+            get_proxy("smoke-digits", routing_warmup=bad)
+
+
+def test_routing_warmup_changes_only_condconv_training_and_resumes_exactly(digits, tmp_path):
+    """With a routing warm-up a CondConv candidate trains differently, and a run stopped
+    mid-ramp resumes to the result of the run without a stop; a model without CondConv
+    has no routing to blend and trains bit for bit as without it.  A checkpoint written
+    before the field existed resumes as one at its default (off)."""
+    from ccsearch.checkpoint import read_checkpoint
+
+    spec = TINY.with_condconv([len(TINY.groups) - 1, len(TINY.groups)], 4)
+    plain = get_proxy("smoke-digits", epochs=2)
+    ramped = get_proxy("smoke-digits", epochs=2, routing_warmup=1.0)
+    without = train_candidate(spec, plain, digits, seed=1)
+    straight = train_candidate(spec, ramped, digits, seed=1)
+    assert straight.status == "ok" and straight.losses != without.losses
+    stopped = train_candidate(spec, ramped, digits, on_epoch=lambda e, t: e == 1, seed=1,
+                              save_to=tmp_path / "ramped")
+    assert stopped.status == "pruned"
+    resumed = train_candidate(spec, ramped, digits, seed=1,
+                              resume=read_checkpoint(tmp_path / "ramped"))
+    assert resumed.curve == straight.curve and resumed.losses == pytest.approx(straight.losses)
+    static = [train_candidate(TINY, p, digits, seed=1).losses for p in (plain, ramped)]
+    assert static[0] == static[1]
+
+    train_candidate(spec, plain, digits, on_epoch=lambda e, t: e == 1, seed=1,
+                    save_to=tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "checkpoint.json").read_text())
+    del meta["proxy"]["routing_warmup"]
+    (tmp_path / "old" / "checkpoint.json").write_text(json.dumps(meta))
+    old = train_candidate(spec, plain, digits, seed=1, resume=read_checkpoint(tmp_path / "old"))
+    assert old.curve == without.curve
+    with pytest.raises(UserError, match="used another proxy: routing_warmup differ"):
+        train_candidate(spec, ramped, digits, seed=1, resume=read_checkpoint(tmp_path / "old"))

@@ -246,10 +246,17 @@ class Routing(nn.Module):
     0, a temperature of 4 for softmax), the bias starts where the activation is 1/2
     (``atanh(1/2)`` for tanh, 1/2 for ReLU), softmax is scaled to mass E/2 and ReLU is
     normalised per example to mass E/2.  Sigmoid is the same function either way.
+
+    ``blend`` (a float, 1 unless a trainer sets it) pulls every weight towards 1/2, where
+    sigmoid and calibrated routing start: ``1/2 + blend * (r - 1/2)``.  At 0 every example
+    gets one kernel, the experts' sum / 2.  A proxy's ``routing_warmup`` ramps it from 0 to
+    1, because per-example kernels early in a short training make CondConv-heavy layouts
+    stall (benchmarks/README.md, "A routing warm-up"); at 1 it is not applied at all.
     """
 
     CALIBRATED_BIAS = {"softmax": 0.0, "tanh": math.atanh(0.5), "relu": 0.5}
     SLOPE = 0.25  # sigmoid's slope at 0: calibrated logits are bias + SLOPE * W x
+    START = 0.5  # every weight where sigmoid (and calibrated routing) starts: see ``blend``
     RELU_EPS = 1e-6  # keeps a ReLU router whose every expert is off at zero weights
 
     def __init__(
@@ -280,6 +287,7 @@ class Routing(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(in_channels, num_experts, device=device, dtype=dtype)
         self.reset_parameters()
+        self.blend = 1.0
         self.last_weights: torch.Tensor | None = None
 
     def reset_parameters(self) -> None:
@@ -307,6 +315,8 @@ class Routing(nn.Module):
             if self.calibrated:
                 mass = weights.sum(dim=1, keepdim=True) + self.RELU_EPS
                 weights = weights / mass * half_mass
+        if self.blend != 1:
+            weights = self.START + self.blend * (weights - self.START)
         if not torch.compiler.is_compiling():  # export/compile forbid new attributes
             self.last_weights = weights.detach()
         return weights

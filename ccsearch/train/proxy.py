@@ -44,6 +44,11 @@ class ProxyConfig:
     # layouts on the smoke proxy, but ranks its candidates worse (benchmarks/README.md,
     # "The routing's learning rate"), so no preset departs from 1 yet.
     routing_lr: float = 1.0
+    # Fraction of the training steps over which every routing weight ramps from 1/2 (one
+    # kernel for every example, as routing starts) to its own value (``Routing.blend``):
+    # per-example kernels from the first step make CondConv-heavy layouts stall in a short
+    # training (benchmarks/README.md, "A routing warm-up").  0 = off.
+    routing_warmup: float = 0.0
     crop_padding: int = 4  # random crop with this much zero padding
     flip: bool = True  # random horizontal flip
     width: float = 1.0  # proxy-only width multiplier of the candidate
@@ -76,6 +81,10 @@ class ProxyConfig:
         if not isinstance(self.routing_lr, int | float) or isinstance(self.routing_lr, bool) \
                 or not self.routing_lr >= 0:
             raise UserError(f"{where}: routing_lr must be >= 0, got {self.routing_lr!r}")
+        if not isinstance(self.routing_warmup, int | float) or isinstance(self.routing_warmup, bool) \
+                or not 0 <= self.routing_warmup <= 1:
+            raise UserError(f"{where}: routing_warmup must be a fraction of the training in "
+                            f"[0, 1], got {self.routing_warmup!r}")
         for name in ("label_smoothing", "bn_momentum", "drop_connect"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < 1:

@@ -14,7 +14,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -243,7 +243,9 @@ def _resume(model, trained: ArchSpec, proxy: ProxyConfig, resume: Checkpoint, ge
             f"({spec_digest(resume.spec)}), not this model ({spec_digest(trained)})"
         )
     # More epochs may follow (the cosine schedule then stretches); nothing else may change.
-    changed = sorted(k for k, v in proxy.to_dict().items() if k != "epochs" and resume.proxy.get(k) != v)
+    # A field the checkpoint's ccsearch did not have yet was at its default there.
+    before = {f.name: f.default for f in fields(ProxyConfig)} | resume.proxy
+    changed = sorted(k for k, v in proxy.to_dict().items() if k != "epochs" and before.get(k) != v)
     if changed:
         raise UserError(f"checkpoint {resume.folder} used another proxy: {', '.join(changed)} differ")
     load_weights(model, resume.folder / "model.safetensors")
@@ -260,6 +262,8 @@ def _epochs(model, proxy, data, device, on_epoch, result, generator, optimizer, 
             recorder: RoutingRecorder | None = None) -> None:
     cuda = device.type == "cuda"
     n = len(data.train_y)
+    routers = [m for m in model.modules() if isinstance(m, Routing)] if proxy.routing_warmup else []
+    routing_blend = _routing_blend(proxy, steps_per_epoch)
     train_seconds = 0.0
     images_seen = 0
     for epoch in epochs:
@@ -274,6 +278,10 @@ def _epochs(model, proxy, data, device, on_epoch, result, generator, optimizer, 
             for group in optimizer.param_groups:
                 group["lr"] = group["lr_factor"] * proxy.lr * schedule(
                     (epoch - 1) * steps_per_epoch + step)
+            if routers:
+                blend = routing_blend((epoch - 1) * steps_per_epoch + step)
+                for router in routers:
+                    router.blend = blend
             batch = slice(step * batch_size, (step + 1) * batch_size)
             index = order[batch]
             images = crop_flip(data.train_x[index], proxy.crop_padding, draws[batch])
@@ -357,6 +365,14 @@ def _optimizer(model: nn.Module, proxy: ProxyConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(
         groups, lr=proxy.lr, momentum=proxy.momentum, nesterov=True, fused=True
     )
+
+
+def _routing_blend(proxy: ProxyConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """``Routing.blend`` per step: a linear ramp to 1 over ``routing_warmup`` of the
+    training, then 1; the last step always trains the candidate itself."""
+    total = max(1, proxy.epochs * steps_per_epoch)
+    ramp = max(1, round(proxy.routing_warmup * total))
+    return lambda step: min(1.0, (step + 1) / ramp)
 
 
 def _lr_schedule(proxy: ProxyConfig, steps_per_epoch: int) -> Callable[[int], float]:

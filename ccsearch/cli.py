@@ -582,6 +582,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise UserError(f"ccsearch worker needs --storage URL (or {STORAGE_ENV} in the environment)")
     open_storage(storage, heartbeats=False, must_exist=True)  # a worker never creates one
     search = run.join(storage, args.study)
+    changes = run.proxy_changes(search.study, search.config)  # another ccsearch, another preset
+    if changes:
+        raise UserError(f"this worker cannot join study {args.study!r}: {changes[0]}")
     bar, progress = _progress(search.config, f"worker {os.getpid()} ", "", args.quiet)
     try:
         backends.InProcess(args.data, args.device).run(search, progress)

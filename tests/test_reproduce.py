@@ -45,6 +45,28 @@ def test_a_trial_retrains_to_its_recorded_top1_exactly(capsys, tmp_path):
     assert f"{other} threads, the trial ran on {record.threads}" in err
 
 
+def test_a_study_keeps_the_proxy_it_was_made_with(capsys, tmp_path):
+    """A proxy YAML edited after the study began (or a preset an upgrade changed): the
+    resume and a worker refuse, naming the field, and ``--from-trial`` still retrains with
+    the proxy the trial had, to its recorded top-1."""
+    files = write_tiny_study(tmp_path, sampler="grid", trials=1, space=THREE_ARCHITECTURES,
+                             budget="44M")
+    code, text, err = _run(capsys, files)
+    assert code == 0, err
+    trained = [r for r in read_all(load(files / "run")) if r.trained]
+    proxy = files / "proxy.yaml"
+    proxy.write_text(proxy.read_text().replace("lr: 0.1", "lr: 0.3"))
+    assert_error(_run(capsys, files, "--resume", "--trials", "2"),
+                 "--resume cannot change the study: proxy:", "lr 0.1 -> 0.3")
+    assert_error(cli(capsys, "worker", "--storage", f"sqlite:///{files / 'run' / 'study.db'}",
+                     "--study", "tiny", "--quiet"), "cannot join study 'tiny'", "lr 0.1 -> 0.3")
+    assert len(read_all(load(files / "run"))) == len(trained), "nothing added to the study"
+    code, text, err = cli(capsys, "train", "--from-trial", str(files / "run"),
+                          str(trained[0].number))
+    assert code == 0, err
+    assert f"reproduced trial {trained[0].number} exactly" in text, text
+
+
 def test_from_trial_refuses_what_it_cannot_reproduce(capsys, tmp_path, tiny_runs):
     run = str(tiny_runs[0])  # a real run; nothing here trains
     assert_error(cli(capsys, "train", "--from-trial", run, "99"), "the study has trials 0 to")

@@ -17,7 +17,7 @@ from ccsearch.arch import ArchSpec
 from ccsearch.errors import UserError
 from ccsearch.provenance import versions
 from ccsearch.search.record import TRAINED, TrialRecord
-from ccsearch.search.run import SearchRun
+from ccsearch.search.run import PROXY, SearchRun
 from ccsearch.train import ProxyConfig
 
 
@@ -42,7 +42,9 @@ def trial_inputs(search: SearchRun, number: int) -> TrialInputs:
         status = record.status.value if record.status else "still running"
         raise UserError(f"--from-trial {number} was not trained ({status}): nothing to reproduce")
     seeds = record.seeds or [record.seed]
-    return TrialInputs(record, ArchSpec.from_dict(record.spec), search.config.proxy_config(),
+    stored = search.study.user_attrs.get(PROXY)  # as trained, whatever the preset says now
+    proxy = ProxyConfig.from_dict(stored) if stored else search.config.proxy_config()
+    return TrialInputs(record, ArchSpec.from_dict(record.spec), proxy,
                        search.study.user_attrs.get("data_arg"), seeds, record.threads)
 
 

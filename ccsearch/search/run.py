@@ -14,7 +14,7 @@ import os
 import secrets
 import shutil
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import optuna
@@ -30,6 +30,7 @@ from ccsearch.search.storage import open_storage, shown_url
 from ccsearch.search.study import StudyConfig
 
 MAX_TRIALS_FACTOR = 20  # stop after this many samples per wanted trial (mostly infeasible space)
+PROXY = "proxy"  # the study's proxy, every field resolved when the study was made
 METRICS = ["proxy top-1", "MADDs"]  # the study's two objectives, as optuna-dashboard shows them
 MADDS_CACHE = "madds_cache"  # study user attribute: MADD part counts (ccsearch.madds), shared
 
@@ -116,6 +117,7 @@ def create(config: StudyConfig, out: Path, storage_url: str | None = None, data:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(METRICS)
         study.set_user_attr("config", config.to_dict())
+        study.set_user_attr(PROXY, config.proxy_config().to_dict())
         study.set_user_attr("space", space_dict(space))
         study.set_user_attr("data", data)
         study.set_user_attr("data_arg", data_arg)
@@ -170,6 +172,7 @@ def resume(
     changes = config.changes_from(stored)
     if space_dict(config.space()) != study.user_attrs["space"]:
         changes.append(f"search space: {config.search_space} is not the space the study searches")
+    changes += proxy_changes(study, config)
     if data is not None and study.user_attrs.get("data") and data != study.user_attrs["data"]:
         changes.append(f"data: the study has {study.user_attrs['data']!r}, this run asks for {data!r}")
     if changes:
@@ -192,6 +195,22 @@ def join(storage_url: str, study_name: str) -> SearchRun:
             f"no study {study_name!r} in {shown_url(storage_url)}; studies there: {names}"
         ) from None
     return _joined(study, storage, StudyConfig(**study.user_attrs["config"]), storage_url, None)
+
+
+def proxy_changes(study: optuna.Study, config: StudyConfig) -> list[str]:
+    """Whether ``config``'s proxy still resolves to the one the study trains with: a preset
+    changed by an upgrade or an edited proxy YAML would train the study's later trials on
+    another proxy.  (A study made before ccsearch recorded its proxy cannot be checked.)"""
+    stored = study.user_attrs.get(PROXY)
+    if not stored:
+        return []
+    now = config.proxy_config()
+    changed = now.changed_fields(stored)
+    if not changed:
+        return []
+    was = {f.name: f.default for f in fields(now)} | stored
+    shown = ", ".join(f"{k} {was.get(k)!r} -> {getattr(now, k)!r}" for k in changed)
+    return [f"proxy: {config.proxy} now differs from the proxy the study trains with ({shown})"]
 
 
 def open_folder(out: Path) -> SearchRun:

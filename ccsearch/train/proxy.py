@@ -107,14 +107,27 @@ class ProxyConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, stored: dict[str, Any]) -> ProxyConfig:
+        """A proxy recorded earlier (a study's, a checkpoint's); a field the recording
+        ccsearch did not have yet takes its default, one it had and this one lacks is
+        dropped."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in stored.items() if k in known})
+
+    def changed_fields(self, stored: dict[str, Any]) -> list[str]:
+        """The fields in which this proxy differs from ``stored``, a proxy recorded earlier."""
+        before = {f.name: f.default for f in fields(self)} | stored
+        return sorted(k for k, v in self.to_dict().items() if before.get(k) != v)
+
 
 PRESETS: dict[str, ProxyConfig] = {
     # The embedded default: generated stroke glyphs (20 classes) at 16px on a half-width
-    # copy of the candidate, 4 epochs: 19-24 s of training per seed for MnasNet-A1 on 2 CPU
-    # cores, 26-29 s with CondConv in 2-4 groups, 34-51 s with CondConv in 5-7 groups
-    # (on 1x1 maps a CondConv layer is E times its static layer's work); ~80-84% top-1 for
-    # MnasNet-A1; a seed-to-seed Kendall tau of 0.64-0.79 over 8 candidates
-    # (benchmarks/README.md).  No drop-connect and a one-epoch warm-up: both cut the seed
+    # copy of the candidate, 4 epochs: 9-19 s of training per seed on 2 CPU cores of an
+    # Intel Xeon, 19-51 s on an AMD EPYC (on 1x1 maps a CondConv layer is E times its
+    # static layer's work); ~80-84% top-1 for MnasNet-A1; a seed-to-seed Kendall tau over 8
+    # candidates of 0.07-0.79 in seven measurements (benchmarks/README.md): it does not
+    # rank reliably yet.  No drop-connect and a one-epoch warm-up: both cut the seed
     # spread of layouts with CondConv in many groups.  A smoke test, not ImageNet.
     "smoke": ProxyConfig(
         name="smoke",

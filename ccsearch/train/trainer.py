@@ -14,7 +14,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -243,9 +243,7 @@ def _resume(model, trained: ArchSpec, proxy: ProxyConfig, resume: Checkpoint, ge
             f"({spec_digest(resume.spec)}), not this model ({spec_digest(trained)})"
         )
     # More epochs may follow (the cosine schedule then stretches); nothing else may change.
-    # A field the checkpoint's ccsearch did not have yet was at its default there.
-    before = {f.name: f.default for f in fields(ProxyConfig)} | resume.proxy
-    changed = sorted(k for k, v in proxy.to_dict().items() if k != "epochs" and before.get(k) != v)
+    changed = [k for k in proxy.changed_fields(resume.proxy) if k != "epochs"]
     if changed:
         raise UserError(f"checkpoint {resume.folder} used another proxy: {', '.join(changed)} differ")
     load_weights(model, resume.folder / "model.safetensors")

@@ -251,7 +251,8 @@ class Routing(nn.Module):
     sigmoid and calibrated routing start: ``1/2 + blend * (r - 1/2)``.  At 0 every example
     gets one kernel, the experts' sum / 2.  A proxy's ``routing_warmup`` ramps it from 0 to
     1, because per-example kernels early in a short training make CondConv-heavy layouts
-    stall (benchmarks/README.md, "A routing warm-up"); at 1 it is not applied at all.
+    stall (benchmarks/README.md, "Another machine, and a routing warm-up"); at 1 it is
+    not applied at all.
     """
 
     CALIBRATED_BIAS = {"softmax": 0.0, "tanh": math.atanh(0.5), "relu": 0.5}

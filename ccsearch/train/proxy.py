@@ -47,7 +47,8 @@ class ProxyConfig:
     # Fraction of the training steps over which every routing weight ramps from 1/2 (one
     # kernel for every example, as routing starts) to its own value (``Routing.blend``):
     # per-example kernels from the first step make CondConv-heavy layouts stall in a short
-    # training (benchmarks/README.md, "A routing warm-up").  0 = off.
+    # training, but no ramp tried ranks candidates reliably (benchmarks/README.md,
+    # "Another machine, and a routing warm-up"), so every preset keeps it off (0).
     routing_warmup: float = 0.0
     crop_padding: int = 4  # random crop with this much zero padding
     flip: bool = True  # random horizontal flip

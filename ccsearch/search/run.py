@@ -14,7 +14,7 @@ import os
 import secrets
 import shutil
 import warnings
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import optuna
@@ -204,12 +204,10 @@ def proxy_changes(study: optuna.Study, config: StudyConfig) -> list[str]:
     stored = study.user_attrs.get(PROXY)
     if not stored:
         return []
-    now = config.proxy_config()
-    changed = now.changed_fields(stored)
+    changed = config.proxy_config().changed_fields(stored)
     if not changed:
         return []
-    was = {f.name: f.default for f in fields(now)} | stored
-    shown = ", ".join(f"{k} {was.get(k)!r} -> {getattr(now, k)!r}" for k in changed)
+    shown = ", ".join(f"{k} {was!r} -> {now!r}" for k, (was, now) in changed.items())
     return [f"proxy: {config.proxy} now differs from the proxy the study trains with ({shown})"]
 
 

@@ -116,10 +116,11 @@ class ProxyConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in stored.items() if k in known})
 
-    def changed_fields(self, stored: dict[str, Any]) -> list[str]:
-        """The fields in which this proxy differs from ``stored``, a proxy recorded earlier."""
+    def changed_fields(self, stored: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """The fields in which this proxy differs from ``stored``, a proxy recorded earlier:
+        ``{field: (recorded, now)}``, in field order."""
         before = {f.name: f.default for f in fields(self)} | stored
-        return sorted(k for k, v in self.to_dict().items() if before.get(k) != v)
+        return {k: (before.get(k), v) for k, v in self.to_dict().items() if before.get(k) != v}
 
 
 PRESETS: dict[str, ProxyConfig] = {

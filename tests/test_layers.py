@@ -95,6 +95,45 @@ def test_matches_per_example_loop_and_expert_sum(shape):
     torch.testing.assert_close(out, _expert_sum_reference(layer, x, r), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(("cin", "cout", "k", "groups"), [(48, 48, 3, 48), (48, 48, 5, 48),
+                                                          (24, 40, 1, 1), (32, 16, 3, 1)])
+def test_inference_chunks_are_measured_once_in_inference_mode_only(cin, cout, k, groups,
+                                                                    channels_last):
+    """In inference mode a batch runs at once or ``INFERENCE_CHUNK`` examples at a time,
+    whichever this process measured faster, once per shape; both match the per-example
+    loop.  Under ``no_grad`` (a trainer's evaluation) nothing is measured and the result
+    is the same bits every time, whatever inference mode chose."""
+    from ccsearch.layers import cond_conv
+
+    torch.manual_seed(0)
+    layer = CondConv2d(cin, cout, k, padding=k // 2, groups=groups, num_experts=4, routing=None)
+    x = torch.randn(3 * CondConv2d.INFERENCE_CHUNK + 1, cin, 7, 7)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    r = torch.rand(len(x), 4)
+    reference = _per_example_reference(layer, x, r)
+    cond_conv._MEASURED_CHUNKS.clear()
+    with torch.no_grad():
+        evaluated = layer(x, r)
+    assert not cond_conv._MEASURED_CHUNKS, "no_grad measures nothing"
+    with torch.inference_mode():
+        first = layer(x, r)
+        assert len(cond_conv._MEASURED_CHUNKS) == 1, "one measurement for this shape"
+        (key, chosen), = cond_conv._MEASURED_CHUNKS.items()
+        assert chosen in (*CondConv2d.MEASURED_CHUNKS, len(x))
+        assert torch.equal(layer(x, r), first) and len(cond_conv._MEASURED_CHUNKS) == 1
+        outs = []
+        for other in (*CondConv2d.MEASURED_CHUNKS, len(x)):
+            cond_conv._MEASURED_CHUNKS[key] = other
+            outs.append(layer(x, r))
+    with torch.no_grad():
+        assert torch.equal(layer(x, r), evaluated)
+    for out in (first, *outs, evaluated):
+        torch.testing.assert_close(out, reference, atol=1e-4, rtol=1e-4)
+    cond_conv._MEASURED_CHUNKS.clear()
+
+
 @pytest.mark.parametrize("activation", ROUTING_ACTIVATIONS)
 def test_routing_is_activation_of_linear_of_pooled_input(activation):
     torch.manual_seed(1)

@@ -28,12 +28,18 @@ that can only meet zero padding are dropped before mixing.  Traced and exported 
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 ROUTING_ACTIVATIONS = ("sigmoid", "softmax", "tanh", "relu")
+
+
+# Inference chunk per layer shape, layout, dtype, device and thread count, measured once
+# per process (``CondConv2d._in_measured_chunks``).
+_MEASURED_CHUNKS: dict[tuple, int] = {}
 
 
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
@@ -343,8 +349,9 @@ class CondConv2d(nn.Module):
     (see ``_choose_impl``), else ``bmm``; depthwise layers run ``taps`` on output maps of
     at most ``TAPS_MAX_PIXELS`` pixels; the rest ``conv``.  Traced and exported graphs get
     ``bmm`` (pointwise) or ``conv``.  Without autograd (inference), ``bmm`` and ``conv`` on
-    small maps mix and apply kernels ``INFERENCE_CHUNK`` examples at a time, while they are
-    in cache.  All give the same result, in the input's memory format (channels-last in,
+    small maps mix and apply kernels ``INFERENCE_CHUNK`` examples at a time (in inference
+    mode: or the whole batch at once, whichever this process measured faster for the
+    shape).  All give the same result, in the input's memory format (channels-last in,
     channels-last out, so that the layers after it keep the layout the trainer chose on
     CUDA), except the pointwise pixels-as-rows products, whose output is channels-last
     memory also for NCHW input (see ``_forward_experts_pointwise``).
@@ -356,6 +363,7 @@ class CondConv2d(nn.Module):
     TAPS_MAX_PIXELS = TAPS_MAX_PIXELS
     BMM_PIXELS_AS_ROWS = 4  # eager bmm puts pixels on the rows of its product up to here
     INFERENCE_CHUNK = 8  # without autograd, mix and apply kernels 8 examples at a time
+    MEASURED_CHUNKS = (8, 16)  # ... in inference mode: these or the whole batch, measured
     INFERENCE_CHUNK_MAX_MAP = 65536  # ... in a grouped conv, if an example's input is this small
     PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
     IMPLS = ("auto", "conv", "bmm", "experts", "taps")
@@ -465,25 +473,33 @@ class CondConv2d(nn.Module):
         n = self.INFERENCE_CHUNK
         small_maps = c * h * w <= self.INFERENCE_CHUNK_MAX_MAP
         layout = torch.channels_last if _channels_last(x) else torch.contiguous_format
-        if canonical_form() or torch.is_grad_enabled() or b <= n or not small_maps:
+
+        def whole() -> torch.Tensor:
             out = self._folded_conv(x, routing_weights @ experts, shape, bias, padding)
             return out.contiguous(memory_format=layout)  # see _folded_conv
-        # Inference on small maps: a few examples at a time, whose maps stay in cache (a
-        # depthwise 5x5 layer, 960 channels, 7 px, batch 64: 2.0 ms in 8 calls, 5.1 in one).
-        # Each chunk is copied once, into the output in the input's layout.
-        out = None
-        for i in range(0, b, n):
-            chunk = self._folded_conv(
-                x[i : i + n],
-                routing_weights[i : i + n] @ experts,
-                shape,
-                bias[i : i + n] if bias is not None else None,
-                padding,
-            )
-            if out is None:
-                out = chunk.new_empty(b, *chunk.shape[1:]).contiguous(memory_format=layout)
-            out[i : i + n] = chunk
-        return out
+
+        def chunked(n: int) -> torch.Tensor:
+            # Inference on small maps: a few examples at a time, whose maps may stay in
+            # cache.  Each chunk is copied once, into the output in the input's layout.
+            out = None
+            for i in range(0, b, n):
+                chunk = self._folded_conv(
+                    x[i : i + n],
+                    routing_weights[i : i + n] @ experts,
+                    shape,
+                    bias[i : i + n] if bias is not None else None,
+                    padding,
+                )
+                if out is None:
+                    out = chunk.new_empty(b, *chunk.shape[1:]).contiguous(memory_format=layout)
+                out[i : i + n] = chunk
+            return out
+
+        if canonical_form() or torch.is_grad_enabled() or b <= n or not small_maps:
+            return whole()
+        key = ("conv", x.shape, layout, shape, padding, self.stride, self.dilation, x.dtype,
+               x.device)
+        return self._in_measured_chunks(key, b, whole, chunked)
 
     def _folded_conv(
         self,
@@ -545,15 +561,51 @@ class CondConv2d(nn.Module):
             experts = self.weight.view(-1, o, c).transpose(1, 2).reshape(-1, c * o)
             kernels = (routing_weights @ experts).view(b, c, o).transpose(1, 2)
             out = product(kernels, data)
-        elif canonical_form() or torch.is_grad_enabled() or b <= n or few_pixels:
-            kernels = (routing_weights @ self.weight).view(b, o, c)  # [B, E] @ [E, P]: [B, P]
-            out = product(kernels, data)
-        else:  # Inference: mix and apply a few examples' kernels at a time, while in cache.
-            out = data.new_empty(b, h * w, o) if rows else data.new_empty(b, o, h * w)
-            for i in range(0, b, n):
-                kernels = (routing_weights[i : i + n] @ self.weight).view(-1, o, c)
-                product(kernels, data[i : i + n], out=out[i : i + n])
+        else:
+            def whole() -> torch.Tensor:
+                kernels = (routing_weights @ self.weight).view(b, o, c)  # [B, E] @ [E, P]
+                return product(kernels, data)
+
+            def chunked(n: int) -> torch.Tensor:  # a few examples' kernels at a time
+                out = data.new_empty(b, h * w, o) if rows else data.new_empty(b, o, h * w)
+                for i in range(0, b, n):
+                    kernels = (routing_weights[i : i + n] @ self.weight).view(-1, o, c)
+                    product(kernels, data[i : i + n], out=out[i : i + n])
+                return out
+
+            if canonical_form() or torch.is_grad_enabled() or b <= n or few_pixels:
+                out = whole()
+            else:
+                key = ("bmm", data.shape, data.stride(), rows, self.weight.shape, x.dtype,
+                       x.device)
+                out = self._in_measured_chunks(key, b, whole, chunked)
         return _rows_as_map(out, h, w) if rows else out.view(b, o, h, w)
+
+    def _in_measured_chunks(self, key: tuple, b: int, whole, chunked) -> torch.Tensor:
+        """In ``torch.inference_mode``: the batch at once or ``MEASURED_CHUNKS`` examples at
+        a time, whichever ran faster the first time this process met ``key`` (with its
+        thread count).  Which is faster depends on the CPU's caches: chunks of 8 took a
+        depthwise 5x5 layer, 960 channels, 7 px, batch 64, from 5.1 to 2.0 ms on an AMD
+        EPYC (1 MB of L2 per core), and made the same layer up to 1.7x slower on an Intel
+        Xeon (2 MB of L2, 480 MB of L3; benchmarks/README.md).  The two may differ in the
+        last bits (oneDNN picks its algorithm by problem size), so a trainer's evaluation
+        (``no_grad``, not inference mode) always runs chunks: its top-1 never depends on a
+        timing."""
+        if not torch.is_inference_mode_enabled():
+            return chunked(self.INFERENCE_CHUNK)
+        key = (*key, torch.get_num_threads())
+        chunks = _MEASURED_CHUNKS.get(key)
+        if chunks is not None:
+            return chunked(chunks) if chunks < b else whole()
+        timings = {}
+        for chunks in (*(n for n in self.MEASURED_CHUNKS if n < b), b):
+            run = whole if chunks == b else (lambda n=chunks: chunked(n))
+            run()  # the first call pays allocations and oneDNN's primitive creation
+            start = time.perf_counter()
+            out = run()
+            timings[chunks] = time.perf_counter() - start
+        _MEASURED_CHUNKS[key] = min(timings, key=timings.get)
+        return out
 
     def _choose_impl(self, x: torch.Tensor, padding: tuple[int, int] | None = None) -> str:
         if self.impl != "auto":

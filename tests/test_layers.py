@@ -100,9 +100,9 @@ def test_matches_per_example_loop_and_expert_sum(shape):
                                                           (24, 40, 1, 1), (32, 16, 3, 1)])
 def test_inference_chunks_are_measured_once_in_inference_mode_only(cin, cout, k, groups,
                                                                     channels_last):
-    """In inference mode a batch runs at once or ``INFERENCE_CHUNK`` examples at a time,
-    whichever this process measured faster, once per shape; both match the per-example
-    loop.  Under ``no_grad`` (a trainer's evaluation) nothing is measured and the result
+    """In inference mode a batch runs at once or ``MEASURED_CHUNKS`` examples at a time,
+    whichever this process measured faster, once per shape; every choice matches the
+    per-example loop.  Under ``no_grad`` (a trainer's evaluation) nothing is measured and the result
     is the same bits every time, whatever inference mode chose."""
     from ccsearch.layers import cond_conv
 

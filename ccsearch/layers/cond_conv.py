@@ -593,17 +593,19 @@ class CondConv2d(nn.Module):
         timing."""
         if not torch.is_inference_mode_enabled():
             return chunked(self.INFERENCE_CHUNK)
+
+        def run(n: int) -> torch.Tensor:
+            return chunked(n) if n < b else whole()
+
         key = (*key, torch.get_num_threads())
-        chunks = _MEASURED_CHUNKS.get(key)
-        if chunks is not None:
-            return chunked(chunks) if chunks < b else whole()
+        if key in _MEASURED_CHUNKS:
+            return run(_MEASURED_CHUNKS[key])
         timings = {}
-        for chunks in (*(n for n in self.MEASURED_CHUNKS if n < b), b):
-            run = whole if chunks == b else (lambda n=chunks: chunked(n))
-            run()  # the first call pays allocations and oneDNN's primitive creation
+        for n in (*(n for n in self.MEASURED_CHUNKS if n < b), b):
+            run(n)  # the first call pays allocations and oneDNN's primitive creation
             start = time.perf_counter()
-            out = run()
-            timings[chunks] = time.perf_counter() - start
+            out = run(n)
+            timings[n] = time.perf_counter() - start
         _MEASURED_CHUNKS[key] = min(timings, key=timings.get)
         return out
 

@@ -23,7 +23,8 @@ $(VENV)/.installed-dev: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@ $(VENV)/.installed
 
-# The headline search on the embedded digits proxy; a second `make demo` resumes it.
+# The headline search on the embedded smoke proxy (generated glyphs, not ImageNet); a second
+# `make demo` resumes it.
 demo: $(VENV)/.installed
 	$(BIN)/ccsearch run --budget 325M $$([ -f runs/mnasnet_a1_325m/study.db ] && echo --resume)
 

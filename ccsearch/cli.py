@@ -511,7 +511,13 @@ def cmd_proxy_check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ccsearch.search import backends, run
-    from ccsearch.search.proxy_check import NO_BUDGET, TARGET_TAU, check_config, rank_stability
+    from ccsearch.search.proxy_check import (
+        NO_BUDGET,
+        TARGET_TAU,
+        check_config,
+        predicted_tau_of_means,
+        rank_stability,
+    )
     from ccsearch.search.study import StudyConfig, load_study_config
     from ccsearch.train import load_proxy_data
 
@@ -557,6 +563,10 @@ def cmd_proxy_check(args: argparse.Namespace) -> int:
     print(f"seed-to-seed Kendall tau {stability.kendall_tau:.2f}, Spearman rho "
           f"{stability.spearman_rho:.2f}, noise floor {stability.noise_floor:.1f} points "
           f"(median |delta top-1| between seeds)")
+    for k, tau in stability.means_tau.items():
+        print(f"means of {k} seeds (as `repeats: {k}` ranks): Kendall tau {tau:.2f} measured "
+              f"over the splits of the {stability.seeds} seeds, "
+              f"{predicted_tau_of_means(stability.kendall_tau, k):.2f} predicted")
     n = stability.recommended_repeats
     if n is None:
         print("the seeds do not agree at all: no number of repeats makes this proxy rank")

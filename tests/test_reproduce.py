@@ -13,8 +13,8 @@ from _study import THREE_ARCHITECTURES, load, write_tiny_study
 from test_newcomer import assert_error, cli
 
 from ccsearch.arch import get_backbone
-from ccsearch.search.proxy_check import repeats_for
-from ccsearch.search.record import Status, read_all
+from ccsearch.search.proxy_check import predicted_tau_of_means, rank_stability, repeats_for
+from ccsearch.search.record import Status, TrialRecord, read_all
 
 
 def _run(capsys, files, *extra: str) -> tuple[int, str, str]:
@@ -172,6 +172,34 @@ def test_proxy_check_reports_rank_stability(capsys, tmp_path):
 def test_proxy_check_refuses_bad_arguments(capsys, tmp_path, args, message):
     assert_error(cli(capsys, "proxy-check", *args, "--out", str(tmp_path / "x")), message)
     assert not (tmp_path / "x").exists()
+
+
+def test_proxy_check_measures_how_means_of_seeds_rank():
+    """With 4 seeds, the tau of `repeats: 2` is measured: between the means of seeds {0, 1}
+    and {2, 3}, {0, 2} and {1, 3}, {0, 3} and {1, 2}, by counting pairs."""
+    seed_top1 = [[80.0, 82.0, 79.0, 81.0], [70.0, 75.0, 78.0, 64.0], [60.0, 71.0, 58.0, 77.0],
+                 [40.0, 66.0, 30.0, 55.0], [50.0, 20.0, 62.0, 35.0]]
+    records = [TrialRecord(number=i, status=Status.OK, seed_top1=t, top1=statistics.fmean(t),
+                           reference="baseline" if i == 0 else "")
+               for i, t in enumerate(seed_top1)]
+    report = rank_stability(records)
+    splits = [((0, 1), (2, 3)), ((0, 2), (1, 3)), ((0, 3), (1, 2))]
+    expected = statistics.fmean(
+        _kendall(*([statistics.fmean(t[s] for s in group) for t in seed_top1] for group in split))
+        for split in splits)
+    assert report.means_tau == {2: pytest.approx(expected)}
+    pairs = list(itertools.combinations(range(4), 2))
+    assert report.kendall_tau == pytest.approx(statistics.fmean(
+        _kendall([t[a] for t in seed_top1], [t[b] for t in seed_top1]) for a, b in pairs))
+    three_seeds = [TrialRecord(number=r.number, status=Status.OK, seed_top1=r.seed_top1[:3],
+                               top1=r.top1) for r in records]
+    assert rank_stability(three_seeds).means_tau == {}, "two disjoint groups need 4 seeds"
+
+
+def test_predicted_tau_of_means_agrees_with_the_repeats_recommended():
+    assert predicted_tau_of_means(0.47, 1) == pytest.approx(0.47)
+    assert predicted_tau_of_means(0.47, 3) < 0.7 <= predicted_tau_of_means(0.47, 4)
+    assert predicted_tau_of_means(-0.2, 3) == -0.2, "no agreement: means do not help"
 
 
 def test_repeats_needed_for_a_target_tau():

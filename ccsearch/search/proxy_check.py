@@ -6,7 +6,9 @@ random, the backbone without CondConv among them as the reference ``baseline``, 
 trained with every seed (``repeats``).  From the per-seed top-1 it reports the
 seed-to-seed Kendall tau and Spearman rho, the noise floor (median |delta top-1|
 between seeds), the ``repeats`` a study needs to reach a target tau, and whether the
-proxy is saturated (the baseline within 5 points of 100%).
+proxy is saturated (the baseline within 5 points of 100%).  With 4 seeds or more it also
+measures what the recommendation predicts: the tau between means of disjoint groups of
+seeds, which is how a study with that many ``repeats`` ranks.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ class RankStability:
     spearman_rho: float
     noise_floor: float  # median |delta top-1| between two seeds of a candidate, points
     recommended_repeats: int | None  # seeds per candidate for TARGET_TAU (None: unreachable)
+    # {n: mean Kendall tau between the means of two disjoint groups of n seeds, over every
+    # such split}, for 2 <= n <= seeds // 2: how ``repeats: n`` ranks, measured
+    means_tau: dict[int, float]
     baseline_top1: float | None
     saturated: bool
     rows: list[dict]  # per candidate: trial, reference, mean, std, per-seed top-1
@@ -78,15 +83,41 @@ def rank_stability(records: list[TrialRecord], target_tau: float = TARGET_TAU) -
     tau = statistics.fmean(_finite(kendalltau(columns[a], columns[b])[0]) for a, b in pairs)
     rho = statistics.fmean(_finite(spearmanr(columns[a], columns[b])[0]) for a, b in pairs)
     noise = statistics.median(abs(r.seed_top1[a] - r.seed_top1[b]) for r in done for a, b in pairs)
+    means_tau = {n: _tau_of_means(done, seeds, n) for n in range(2, seeds // 2 + 1)}
     baseline = next((r for r in done if r.reference == "baseline"), None)
     baseline_top1 = baseline.top1 if baseline is not None else None
     rows = [{"trial": r.number, "reference": r.reference, "top1": r.top1, "std": r.top1_std,
              "seed_top1": list(r.seed_top1), "madds": r.madds} for r in done]
     return RankStability(
         candidates=len(done), seeds=seeds, kendall_tau=tau, spearman_rho=rho, noise_floor=noise,
-        recommended_repeats=repeats_for(tau, target_tau), baseline_top1=baseline_top1,
+        recommended_repeats=repeats_for(tau, target_tau), means_tau=means_tau,
+        baseline_top1=baseline_top1,
         saturated=baseline_top1 is not None and baseline_top1 > 100 - SATURATED_WITHIN, rows=rows,
     )
+
+
+def _tau_of_means(done: list[TrialRecord], seeds: int, n: int) -> float:
+    """Mean Kendall tau between the candidates' means over two disjoint groups of ``n`` of
+    the ``seeds`` seeds, over every unordered pair of such groups."""
+    taus = []
+    for first in itertools.combinations(range(seeds), n):
+        rest = [s for s in range(seeds) if s not in first]
+        for second in itertools.combinations(rest, n):
+            if second < first:
+                continue  # the same split, counted once
+            means = [[statistics.fmean(r.seed_top1[s] for s in group) for r in done]
+                     for group in (first, second)]
+            taus.append(_finite(kendalltau(*means)[0]))
+    return statistics.fmean(taus)
+
+
+def predicted_tau_of_means(tau: float, n: int) -> float:
+    """The tau that means of ``n`` seeds should reach, from one seed's ``tau`` (Greiner's
+    relation and Spearman-Brown, as ``repeats_for``)."""
+    if tau <= 0:
+        return tau
+    r = math.sin(math.pi * tau / 2)
+    return 2 / math.pi * math.asin(n * r / (1 + (n - 1) * r))
 
 
 def repeats_for(tau: float, target: float = TARGET_TAU) -> int | None:

@@ -128,8 +128,9 @@ PRESETS: dict[str, ProxyConfig] = {
     # copy of the candidate, 4 epochs: 9-19 s of training per seed on 2 CPU cores of an
     # Intel Xeon, 19-51 s on an AMD EPYC (on 1x1 maps a CondConv layer is E times its
     # static layer's work); ~80-84% top-1 for MnasNet-A1; a seed-to-seed Kendall tau over 8
-    # candidates of 0.07-0.79 in nine measurements (benchmarks/README.md): it does not
-    # rank reliably yet.  No drop-connect and a one-epoch warm-up: both cut the seed
+    # candidates of 0.07-0.79 in nine measurements (benchmarks/README.md): one seed does
+    # not rank reliably; means of 2 seeds (``repeats: 2``) did, with tau 0.74 and 0.83 on
+    # two draws.  No drop-connect and a one-epoch warm-up: both cut the seed
     # spread of layouts with CondConv in many groups.  A smoke test, not ImageNet.
     "smoke": ProxyConfig(
         name="smoke",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -82,7 +84,21 @@ def wait_for(what: str, condition, proc=None, timeout: float = 300):
 
 
 def cli_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "ccsearch.cli", *args]
+    """The CLI in a child Python; faulthandler lets ``stop`` show where a hung one waits."""
+    return [sys.executable, "-X", "faulthandler", "-m", "ccsearch.cli", *args]
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 60) -> tuple[str, str]:
+    """Signal ``proc`` and wait for its end, reading its pipes (``wait`` alone can deadlock
+    on a full pipe); its (stdout, stderr).  If it hangs, the failure shows every thread's
+    traceback (SIGABRT makes faulthandler print them)."""
+    proc.send_signal(sig)
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        _, err = proc.communicate(timeout=30)
+        pytest.fail(f"still running {timeout:g} s after signal {sig}; its threads:\n{(err or '')[-8000:]}")
 
 
 def reference_runs(tmp: Path) -> tuple[Path, Path]:

@@ -4,13 +4,12 @@ and bad input is one line with exit code 2."""
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import urllib.request
 
 import optuna
 import pytest
-from _study import cli_argv, load, wait_for
+from _study import cli_argv, load, stop, wait_for
 
 from ccsearch.cli import main
 from ccsearch.config import shipped
@@ -137,6 +136,5 @@ def test_serve_shows_a_trial_that_finished_after_it_started_and_ctrl_c_exits_0(t
                  proc=proc, timeout=120)
         assert _get(url + "version") != version  # what makes an open page reload
     finally:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=60)
-    assert code == 0, proc.stderr.read()
+        _, err = stop(proc)
+    assert proc.returncode == 0, err

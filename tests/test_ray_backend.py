@@ -22,6 +22,7 @@ from _study import (
     assert_study_sound,
     cli_argv,
     load,
+    stop,
     wait_for,
     write_tiny_study,
 )
@@ -209,15 +210,20 @@ def test_a_killed_ray_worker_is_retried(tmp_path):
 
 def test_ctrl_c_under_ray_exits_130_and_resumes(tmp_path, capsys):
     files = write_tiny_study(tmp_path)
+    # 5 epochs, not 2: Ctrl-C must reach a run still training.  With 2, a driver that wrote a
+    # trial's first epoch late left about one second of training, and a slow CI machine
+    # once signalled a run that had ended (exit 0).
+    (files / "proxy.yaml").write_text((files / "proxy.yaml").read_text().replace("epochs: 2", "epochs: 5"))
     out = tmp_path / "run"
     argv = ["run", "--study", str(files / "study.yaml"), "--out", str(out), "--quiet", "--backend", "ray",
             "--trials", "3"]
     proc = subprocess.Popen(cli_argv(*argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for("a trial past its first epoch", lambda: _training(out), proc=proc)
+    try:  # a trial past its first epoch while none has finished: 4 epochs and a trial remain
+        wait_for("a trial past its first epoch, none finished", lambda: (
+            _training(out) and not any(r.trained for r in read_all(load(out)))
+        ), proc=proc)
     finally:
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
+        _, err = stop(proc, timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert err.strip().splitlines()[-1] == (
         "ccsearch: interrupted (continue it with the same command and --resume)"

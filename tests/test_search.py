@@ -18,6 +18,7 @@ from _study import (
     assert_study_sound,
     cli_argv,
     load,
+    stop,
     training,
     wait_for,
     write_tiny_study,
@@ -180,8 +181,7 @@ def test_resume_after_a_stop_finishes_without_retraining(study_files, capsys, si
             (records := _records(out)) and 1 <= sum(r.trained for r in records) <= 2 and training(records)
         ), proc=proc)
     finally:
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
+        _, err = stop(proc, sig)
     if sig == signal.SIGINT:  # the trial in flight is recorded; ccsearch says how to go on
         assert proc.returncode == 130
         assert err.strip().splitlines() == [

@@ -48,6 +48,11 @@ def load(out: Path, name: str = "tiny") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
 
 
+def records_of(out: Path) -> list[TrialRecord]:
+    """A run's records, once its study exists (study.yaml is written after the schema)."""
+    return read_all(load(out)) if (out / "study.yaml").exists() else []
+
+
 def training(records: list[TrialRecord]) -> list[TrialRecord]:
     return [r for r in records if r.running and r.stage == Stage.TRAINING]
 

@@ -22,6 +22,7 @@ from _study import (
     assert_study_sound,
     cli_argv,
     load,
+    records_of,
     stop,
     wait_for,
     write_tiny_study,
@@ -137,10 +138,9 @@ def test_ray_options_are_checked(study_files, capsys):
     assert not (study_files / "run").exists()
 
 
-def _training(out: Path):
-    if not (out / "study.yaml").exists():  # written once the study's tables and row exist
-        return []
-    return [r for r in read_all(load(out)) if r.holds_slot and r.curve and r.worker != r.owner]
+def _training(records: list) -> list:
+    """The records of trials that Ray workers train, past their first epoch."""
+    return [r for r in records if r.holds_slot and r.curve and r.worker != r.owner]
 
 
 def _listening_sockets() -> list[tuple[str, int, str]]:
@@ -186,7 +186,7 @@ def test_a_killed_ray_worker_is_retried(tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:
-        victim = wait_for("a trial past its first epoch", lambda: _training(out), proc=proc)[0]
+        victim = wait_for("a trial past its first epoch", lambda: _training(records_of(out)), proc=proc)[0]
         # While Ray trains: its dashboard and job API (no authentication) are off.
         sockets = [(ip, port, cmd) for ip, port, cmd in _listening_sockets() if "ray" in cmd]
         assert any("gcs_server" in cmd for _, _, cmd in sockets), "Ray's sockets were seen"
@@ -210,9 +210,9 @@ def test_a_killed_ray_worker_is_retried(tmp_path):
 
 def test_ctrl_c_under_ray_exits_130_and_resumes(tmp_path, capsys):
     files = write_tiny_study(tmp_path)
-    # 5 epochs, not 2: Ctrl-C must reach a run still training.  With 2, a driver that wrote a
-    # trial's first epoch late left about one second of training, and a slow CI machine
-    # once signalled a run that had ended (exit 0).
+    # 5 epochs, not 2: Ctrl-C must reach a run still training.  With 2, about a second of
+    # training was left once a trial's first epoch was recorded, and a fresh clone's suite on
+    # a 2-core machine once signalled a run that had ended (exit 0).
     (files / "proxy.yaml").write_text((files / "proxy.yaml").read_text().replace("epochs: 2", "epochs: 5"))
     out = tmp_path / "run"
     argv = ["run", "--study", str(files / "study.yaml"), "--out", str(out), "--quiet", "--backend", "ray",
@@ -220,7 +220,7 @@ def test_ctrl_c_under_ray_exits_130_and_resumes(tmp_path, capsys):
     proc = subprocess.Popen(cli_argv(*argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:  # a trial past its first epoch while none has finished: 4 epochs and a trial remain
         wait_for("a trial past its first epoch, none finished", lambda: (
-            _training(out) and not any(r.trained for r in read_all(load(out)))
+            (records := records_of(out)) and _training(records) and not any(r.trained for r in records)
         ), proc=proc)
     finally:
         _, err = stop(proc, timeout=120)

@@ -18,6 +18,7 @@ from _study import (
     assert_study_sound,
     cli_argv,
     load,
+    records_of,
     stop,
     training,
     wait_for,
@@ -165,11 +166,6 @@ def test_run_user_errors_leave_nothing_behind(study_files, capsys):
     assert not out.exists()
 
 
-def _records(out: Path):
-    """The run's records, once its study exists (study.yaml is written after the schema)."""
-    return read_all(load(out)) if (out / "study.yaml").exists() else []
-
-
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
 def test_resume_after_a_stop_finishes_without_retraining(study_files, capsys, sig):
     out = study_files / "run"
@@ -178,7 +174,7 @@ def test_resume_after_a_stop_finishes_without_retraining(study_files, capsys, si
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:  # stop it after one trained trial and while another trains: it cannot be ending
         wait_for("a second candidate training", lambda: (
-            (records := _records(out)) and 1 <= sum(r.trained for r in records) <= 2 and training(records)
+            (records := records_of(out)) and 1 <= sum(r.trained for r in records) <= 2 and training(records)
         ), proc=proc)
     finally:
         _, err = stop(proc, sig)
@@ -188,7 +184,7 @@ def test_resume_after_a_stop_finishes_without_retraining(study_files, capsys, si
             "ccsearch: interrupted (continue it with the same command and --resume)"
         ], "one line, no traceback"
         assert (out / "results.csv").exists() and (out / "pareto.html").exists()
-    interrupted = [r.number for r in _records(out) if r.state in (TrialState.FAIL, TrialState.RUNNING)]
+    interrupted = [r.number for r in records_of(out) if r.state in (TrialState.FAIL, TrialState.RUNNING)]
     assert interrupted
     assert main([*argv, "--resume"]) == 0
     assert "retry architectures whose trials were interrupted" in capsys.readouterr().out
@@ -250,7 +246,7 @@ def test_a_worker_keeps_its_trial_while_the_run_is_resumed(tmp_path):
     run = subprocess.Popen(run_argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     worker = None
     try:
-        wait_for("the run's first trial training", lambda: training(_records(out)), proc=run)
+        wait_for("the run's first trial training", lambda: training(records_of(out)), proc=run)
         # Paused mid-training (its heartbeat within the grace period), so the worker's trial
         # trains beside it however slowly the worker starts.
         os.kill(run.pid, signal.SIGSTOP)
@@ -259,7 +255,7 @@ def test_a_worker_keeps_its_trial_while_the_run_is_resumed(tmp_path):
             stderr=subprocess.PIPE, env={**env, "CCSEARCH_STORAGE": search_run.default_storage(out)})
 
         def both_training():
-            now = training(_records(out))
+            now = training(records_of(out))
             by = {p.pid: [r for r in now if r.owner.endswith(f":{p.pid}")] for p in (run, worker)}
             if by[run.pid] and by[worker.pid]:
                 os.kill(worker.pid, signal.SIGSTOP)  # alive but paused: its trial must survive
@@ -272,7 +268,7 @@ def test_a_worker_keeps_its_trial_while_the_run_is_resumed(tmp_path):
         resumed = subprocess.Popen([*run_argv, "--resume"], stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True, env=env)
         wait_for("the resumed run's own trial", lambda: [
-            r for r in _records(out) if r.owner.endswith(f":{resumed.pid}")
+            r for r in records_of(out) if r.owner.endswith(f":{resumed.pid}")
         ], proc=resumed)
         assert read(load(out).trials[mine.number]).running, "the live worker's trial was kept"
         os.kill(worker.pid, signal.SIGCONT)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ccsearch.layers import ROUTING_ACTIVATIONS, CondConv2d, Conv2d, Routing
+from ccsearch.layers.cond_conv import mix_experts
 
 # (in, out, kernel, stride, padding, dilation, groups, bias, impl)
 SHAPES = [
@@ -315,6 +316,43 @@ def test_inference_mode_matches_the_per_example_loop(shape, size):
         with torch.inference_mode():
             out = layer(x, r)
         torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5, msg=impl)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize(("cin", "cout", "k", "groups", "size"), [
+    (192, 128, 1, 1, 7),  # pointwise: 24,576 kernel values, split over 2 or 3 threads
+    (1024, 1024, 5, 1024, 7),  # depthwise: 25,600 values, not divisible by 3 threads
+    (1024, 1024, 3, 1024, 1),  # depthwise on a 1 px output (taps)
+])
+def test_batch_of_one_mixes_on_every_thread_and_matches_the_per_example_loop(
+        cin, cout, k, groups, size, threads):
+    """One example's large kernel is mixed as one block of the experts per thread."""
+    torch.manual_seed(0)
+    layer = CondConv2d(cin, cout, k, padding=k // 2, groups=groups, bias=True, num_experts=8,
+                       routing=None)
+    x = torch.randn(1, cin, size, size, requires_grad=True)
+    r = torch.rand(1, 8, requires_grad=True)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.testing.assert_close(mix_experts(r, layer.weight), r @ layer.weight,
+                                   atol=1e-6, rtol=1e-6)
+        inputs = [x, r, layer.weight, layer.bias]
+        reference = _per_example_reference(layer, x, r)
+        upstream = torch.randn_like(reference)
+        expected = torch.autograd.grad(reference, inputs, upstream)
+        for impl in _impls(layer):
+            layer.impl = impl
+            out = layer(x, r)
+            torch.testing.assert_close(out, reference, atol=1e-4, rtol=1e-5, msg=impl)
+            for got, want in zip(torch.autograd.grad(out, inputs, upstream), expected,
+                                 strict=True):
+                torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5, msg=impl)
+            with torch.inference_mode():
+                torch.testing.assert_close(layer(x, r), reference.detach(), atol=1e-4,
+                                           rtol=1e-5, msg=impl)
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_taps_on_channels_last_input_and_with_padding_modes():

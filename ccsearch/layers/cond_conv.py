@@ -109,6 +109,28 @@ def canonical_form() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling() or exporting()
 
 
+MIX_SPLIT_MIN_PARAMS = 16384  # one example's kernel this large is mixed on every thread
+
+
+def mix_experts(routing_weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+    """Every example's kernel, ``[B, E] @ [E, P]``.
+
+    ATen runs a product with one row (batch 1, inference) on one thread, and the layer's
+    product then reads a kernel that thread wrote.  So on a CPU with several threads one
+    example's large kernel is mixed as one column block of the experts per thread, a batched
+    matmul of ``[1, E] @ [E, P/T]`` blocks: at batch 1 with 2 threads a 1x1 160->960 layer
+    (7 px) went from 225 to 158 us, mixing and product (benchmarks/README.md).  The same
+    sums, in the same order per element; traced and exported graphs keep the plain product.
+    """
+    b, e = routing_weights.shape
+    p, threads = experts.shape[1], torch.get_num_threads()
+    if (b != 1 or threads == 1 or p < MIX_SPLIT_MIN_PARAMS or p % threads
+            or experts.device.type != "cpu" or canonical_form()):
+        return routing_weights @ experts
+    blocks = experts.reshape(e, threads, p // threads).transpose(0, 1)  # [T, E, P/T]
+    return torch.bmm(routing_weights.expand(threads, 1, e), blocks).view(1, p)
+
+
 def _tap_reach(start: int, stride: int, outputs: int, size: int) -> tuple[bool, bool]:
     """For a kernel tap reading input ``start + stride * i`` for output ``i``: whether it ever
     meets the image, and whether it always does (then it needs no padding)."""
@@ -475,7 +497,7 @@ class CondConv2d(nn.Module):
         layout = torch.channels_last if _channels_last(x) else torch.contiguous_format
 
         def whole() -> torch.Tensor:
-            out = self._folded_conv(x, routing_weights @ experts, shape, bias, padding)
+            out = self._folded_conv(x, mix_experts(routing_weights, experts), shape, bias, padding)
             return out.contiguous(memory_format=layout)  # see _folded_conv
 
         def chunked(n: int) -> torch.Tensor:
@@ -563,7 +585,7 @@ class CondConv2d(nn.Module):
             out = product(kernels, data)
         else:
             def whole() -> torch.Tensor:
-                kernels = (routing_weights @ self.weight).view(b, o, c)  # [B, E] @ [E, P]
+                kernels = mix_experts(routing_weights, self.weight).view(b, o, c)  # [B, E] @ [E, P]
                 return product(kernels, data)
 
             def chunked(n: int) -> torch.Tensor:  # a few examples' kernels at a time
@@ -600,14 +622,14 @@ class CondConv2d(nn.Module):
         key = (*key, torch.get_num_threads())
         if key in _MEASURED_CHUNKS:
             return run(_MEASURED_CHUNKS[key])
-        timings = {}
+        timings, outs = {}, {}
         for n in (*(n for n in self.MEASURED_CHUNKS if n < b), b):
             run(n)  # the first call pays allocations and oneDNN's primitive creation
             start = time.perf_counter()
-            out = run(n)
+            outs[n] = run(n)
             timings[n] = time.perf_counter() - start
-        _MEASURED_CHUNKS[key] = min(timings, key=timings.get)
-        return out
+        _MEASURED_CHUNKS[key] = chosen = min(timings, key=timings.get)
+        return outs[chosen]  # the bits every later call of this shape gives
 
     def _choose_impl(self, x: torch.Tensor, padding: tuple[int, int] | None = None) -> str:
         if self.impl != "auto":
@@ -643,7 +665,7 @@ class CondConv2d(nn.Module):
         b, c = x.shape[:2]
         taps = TapPlan(x.shape[-2:], self.kernel_size, self.stride, padding, self.dilation)
         experts = taps.select(self.weight.view(self.num_experts, c, *self.kernel_size))
-        kernels = routing_weights @ experts.reshape(self.num_experts, -1)  # [B, C*R*S]
+        kernels = mix_experts(routing_weights, experts.reshape(self.num_experts, -1))  # [B, C*R*S]
         out = taps.apply(x, kernels.view(b, c, *experts.shape[-2:]))
         if self.bias is not None:
             out = out + (routing_weights @ self.bias).view(b, c, 1, 1)

@@ -517,20 +517,22 @@ def _in_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=CHANNELS_LAST if channels_last else torch.contiguous_format)
 
 
+@pytest.mark.parametrize("batch", [1, 9])
 @pytest.mark.parametrize("size", [2, 3, 7])
 @pytest.mark.parametrize(
     "shape", GRAD_SHAPES, ids=lambda s: f"{s[0]}-{s[1]}-k{s[2]}-s{s[3]}-d{s[5]}-g{s[6]}"
 )
-def test_every_impl_keeps_the_input_layout_and_matches_the_per_example_loop(shape, size):
+def test_every_impl_keeps_the_input_layout_and_matches_the_per_example_loop(shape, size, batch):
     """Channels-last in, channels-last out, for every execution; NCHW in, NCHW out, except the
     pixels-as-rows pointwise products (documented: channels-last memory measured faster).
     Output and gradients (input, routing, experts, bias) match the per-example loop in both
-    layouts.  A batch of 9 > 2 x 4 experts: bmm on pixel rows mixes transposed kernels."""
+    layouts.  A batch of 9 > 2 x 4 experts: bmm on pixel rows mixes transposed kernels; a
+    batch of 1: the grouped conv runs unfolded, in the input's layout."""
     cin, cout, k, s, p, d, g, bias = shape
     torch.manual_seed(0)
     layer = CondConv2d(cin, cout, k, s, p, d, g, bias, num_experts=4, routing=None)
-    x0 = torch.randn(9, cin, size, size, requires_grad=True)
-    r = torch.rand(9, 4, requires_grad=True)
+    x0 = torch.randn(batch, cin, size, size, requires_grad=True)
+    r = torch.rand(batch, 4, requires_grad=True)
     params = [layer.weight] + ([layer.bias] if bias else [])
     reference = _per_example_reference(layer, x0, r)
     upstream = torch.randn_like(reference)

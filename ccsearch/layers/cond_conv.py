@@ -537,9 +537,15 @@ class CondConv2d(nn.Module):
         Runs and returns NCHW: folding the batch into channels needs ``[B*C, H, W]`` (or
         ``[H, W, B*C]``), which channels-last memory ``[B, H, W, C]`` is not, so channels-last
         input is copied once here and the caller copies the output back (the next layer
-        would otherwise convert it, and the layers between run NCHW).
+        would otherwise convert it, and the layers between run NCHW).  One example needs
+        no folding: its conv runs in the input's layout (a channels-last depthwise layer at
+        batch 1 then runs oneDNN's NHWC kernel, not two copies around an NCHW one).
         """
         b, c, h, w = x.shape
+        if b == 1:
+            bias = bias.view(-1) if bias is not None else None
+            return F.conv2d(x, kernels.view(shape), bias, self.stride, padding, self.dilation,
+                            self.groups)
         out = F.conv2d(
             x.reshape(1, b * c, h, w),
             kernels.view(b * shape[0], *shape[1:]),  # [B*out, in/g, kh, kw]

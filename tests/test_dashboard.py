@@ -3,7 +3,9 @@ and bad input is one line with exit code 2."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import urllib.request
 
@@ -15,6 +17,7 @@ from ccsearch.cli import main
 from ccsearch.config import shipped
 from ccsearch.dashboard import load_dashboard
 from ccsearch.dashboard.browser import check_page, find_chromium
+from ccsearch.dashboard.serve import serve
 from ccsearch.search import load_study_config, run
 from ccsearch.search.record import KEY, Status, TrialRecord, read_all
 
@@ -138,3 +141,27 @@ def test_serve_shows_a_trial_that_finished_after_it_started_and_ctrl_c_exits_0(t
     finally:
         _, err = stop(proc)
     assert proc.returncode == 0, err
+
+
+def test_serve_stops_on_ctrl_c_that_a_redraw_swallows(capsys):
+    """Ctrl-C during a redraw whose library code catches the KeyboardInterrupt still stops
+    the server (the flake of the test above: still serving 60 s after SIGINT)."""
+    calls = []
+
+    def mark() -> int:
+        calls.append(1)
+        assert len(calls) < 100, "still serving after Ctrl-C"
+        if len(calls) == 2:
+            try:  # what a library that catches BaseException does with Ctrl-C
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(10**6):  # the handler runs between bytecodes
+                    pass
+            except KeyboardInterrupt:
+                pass
+        return len(calls)
+
+    previous = signal.getsignal(signal.SIGINT)
+    assert serve(lambda version: f"<p>{version}</p>", mark, port=0, interval=0.01) == 0
+    assert "stopped serving the dashboard" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGINT) is previous
+    assert len(calls) == 2

@@ -7,6 +7,7 @@ studies and redraws.  Ctrl-C stops both.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -68,8 +69,21 @@ def serve(build: Callable[[str], str], mark: Callable[[], object], host: str = "
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     version, last = 0, object()
+    # Ctrl-C sets a flag that the loop reads, rather than raising wherever the main thread
+    # happens to be: a KeyboardInterrupt raised inside a library call of ``mark`` or
+    # ``build`` can be swallowed there, and the server then ran on after Ctrl-C (a test
+    # saw it still serving 60 s later, its main thread back in the loop's sleep).
+    # A second Ctrl-C raises as usual, should a redraw hang.
+    stopped = []
+
+    def on_ctrl_c(signum, frame) -> None:
+        if stopped:
+            raise KeyboardInterrupt
+        stopped.append(signum)
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
     try:
-        while True:
+        while not stopped:
             current = mark()
             if current != last:
                 version, last = version + 1, current
@@ -82,10 +96,10 @@ def serve(build: Callable[[str], str], mark: Callable[[], object], host: str = "
                 print(f"serving the dashboard at http://{host}:{server.server_address[1]}/ "
                       "(redrawn as trials finish; Ctrl-C stops)", flush=True)
             time.sleep(interval)
-    except KeyboardInterrupt:
         print("\nstopped serving the dashboard", flush=True)
         return 0
     finally:
+        signal.signal(signal.SIGINT, previous)
         if thread.is_alive():
             server.shutdown()
         server.server_close()

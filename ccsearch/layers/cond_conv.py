@@ -122,10 +122,12 @@ def mix_experts(routing_weights: torch.Tensor, experts: torch.Tensor) -> torch.T
     (7 px) went from 225 to 158 us, mixing and product (benchmarks/README.md).  The same
     sums, in the same order per element; traced and exported graphs keep the plain product.
     """
+    if canonical_form():  # first: a traced graph must not bake this example count in
+        return routing_weights @ experts
     b, e = routing_weights.shape
     p, threads = experts.shape[1], torch.get_num_threads()
-    if (b != 1 or threads == 1 or p < MIX_SPLIT_MIN_PARAMS or p % threads
-            or experts.device.type != "cpu" or canonical_form()):
+    if b != 1 or threads == 1 or p < MIX_SPLIT_MIN_PARAMS or p % threads \
+            or experts.device.type != "cpu":
         return routing_weights @ experts
     blocks = experts.reshape(e, threads, p // threads).transpose(0, 1)  # [T, E, P/T]
     return torch.bmm(routing_weights.expand(threads, 1, e), blocks).view(1, p)
@@ -542,7 +544,7 @@ class CondConv2d(nn.Module):
         batch 1 then runs oneDNN's NHWC kernel, not two copies around an NCHW one).
         """
         b, c, h, w = x.shape
-        if b == 1:
+        if not canonical_form() and b == 1:  # a traced graph keeps the fold: any batch
             bias = bias.view(-1) if bias is not None else None
             return F.conv2d(x, kernels.view(shape), bias, self.stride, padding, self.dilation,
                             self.groups)

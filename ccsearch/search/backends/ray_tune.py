@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,7 @@ class _Driver:
         self.heartbeat = Heartbeat(search.study, search.storage)
         self.candidates: dict[str, Candidate] = {}  # Ray trial id -> its claimed trial
         self.finished = False
+        self.ctrl_c = False  # set by Ctrl-C during ``tuner.fit`` (see ``_noting_ctrl_c``)
 
     def __getstate__(self) -> dict:
         # Tune pickles its configuration for ``Tuner.restore``, which ccsearch does not
@@ -215,9 +217,28 @@ def _tune_classes():
             )
 
         def stop_all(self) -> bool:
-            return False
+            return self.driver.ctrl_c  # should Tune's code have swallowed the KeyboardInterrupt
 
     return StudySearcher, ClaimStopper
+
+
+@contextlib.contextmanager
+def _noting_ctrl_c(driver: _Driver) -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt as usual and also sets ``driver.ctrl_c``: the
+    interrupt is raised wherever Tune's loop is, and where Tune's code catches it the run
+    went on, and a Ctrl-C'd run once exited 0 (a test; the CLI must exit 130).  With the
+    flag set the stopper ends the experiment, and the run raises once ``fit`` returns."""
+    def on_ctrl_c(signum, frame) -> None:
+        driver.ctrl_c = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        yield
+        if driver.ctrl_c:
+            raise KeyboardInterrupt
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
@@ -303,7 +324,7 @@ class RayTune:
             # Tune warns about the per-trial result files switched off above.
             logging.getLogger("ray.tune").setLevel(logging.ERROR)
             try:
-                with _tune_environment(), driver.heartbeat:
+                with _tune_environment(), driver.heartbeat, _noting_ctrl_c(driver):
                     tuner.fit()
             except BaseException:
                 release_session(search.storage)

@@ -119,8 +119,9 @@ def mix_experts(routing_weights: torch.Tensor, experts: torch.Tensor) -> torch.T
     product then reads a kernel that thread wrote.  So on a CPU with several threads one
     example's large kernel is mixed as one column block of the experts per thread, a batched
     matmul of ``[1, E] @ [E, P/T]`` blocks: at batch 1 with 2 threads a 1x1 160->960 layer
-    (7 px) went from 225 to 158 us, mixing and product (benchmarks/README.md).  The same
-    sums, in the same order per element; traced and exported graphs keep the plain product.
+    (7 px) went from 362 to 158 us, mixing and product (benchmarks/README.md), with a
+    bitwise-equal kernel on the machine measured.  Traced and exported graphs keep the
+    plain product.
     """
     if canonical_form():  # first: a traced graph must not bake this example count in
         return routing_weights @ experts

@@ -7,7 +7,6 @@ studies and redraws.  Ctrl-C stops both.
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from ccsearch.errors import UserError
+from ccsearch.interrupts import CtrlC
 from ccsearch.run_report import atomic_write
 
 
@@ -69,37 +69,27 @@ def serve(build: Callable[[str], str], mark: Callable[[], object], host: str = "
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     version, last = 0, object()
-    # Ctrl-C sets a flag that the loop reads, rather than raising wherever the main thread
-    # happens to be: a KeyboardInterrupt raised inside a library call of ``mark`` or
-    # ``build`` can be swallowed there, and the server then ran on after Ctrl-C (a test
-    # saw it still serving 60 s later, its main thread back in the loop's sleep).
-    # A second Ctrl-C raises as usual, should a redraw hang.
-    stopped = []
-
-    def on_ctrl_c(signum, frame) -> None:
-        if stopped:
-            raise KeyboardInterrupt
-        stopped.append(signum)
-
-    previous = signal.signal(signal.SIGINT, on_ctrl_c)
-    try:
-        while not stopped:
-            current = mark()
-            if current != last:
-                version, last = version + 1, current
-                html = build(str(version))
-                page.set(html, str(version))
-                if out is not None:
-                    atomic_write(out, html)
-            if not thread.is_alive():
-                thread.start()
-                print(f"serving the dashboard at http://{host}:{server.server_address[1]}/ "
-                      "(redrawn as trials finish; Ctrl-C stops)", flush=True)
-            time.sleep(interval)
-        print("\nstopped serving the dashboard", flush=True)
-        return 0
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if thread.is_alive():
-            server.shutdown()
-        server.server_close()
+    # Ctrl-C stops the loop through a flag, as a KeyboardInterrupt raised inside a library
+    # call of ``mark`` or ``build`` can be swallowed there (a test saw the server still
+    # serving 60 s after Ctrl-C); a second Ctrl-C raises, should a redraw hang.
+    with CtrlC(raise_at_once=False) as ctrl_c:
+        try:
+            while not ctrl_c.pressed:
+                current = mark()
+                if current != last:
+                    version, last = version + 1, current
+                    html = build(str(version))
+                    page.set(html, str(version))
+                    if out is not None:
+                        atomic_write(out, html)
+                if not thread.is_alive():
+                    thread.start()
+                    print(f"serving the dashboard at http://{host}:{server.server_address[1]}/ "
+                          "(redrawn as trials finish; Ctrl-C stops)", flush=True)
+                time.sleep(interval)
+            print("\nstopped serving the dashboard", flush=True)
+            return 0
+        finally:
+            if thread.is_alive():
+                server.shutdown()
+            server.server_close()

@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 from ccsearch.arch import ArchSpec
 from ccsearch.data import ProxyData
 from ccsearch.errors import UserError
+from ccsearch.interrupts import CtrlC
 from ccsearch.search import policy
 from ccsearch.search.backends import Progress
 from ccsearch.search.objective import Candidate, Evaluator, error_reason, measured_on
@@ -109,7 +109,11 @@ class _Driver:
         self.heartbeat = Heartbeat(search.study, search.storage)
         self.candidates: dict[str, Candidate] = {}  # Ray trial id -> its claimed trial
         self.finished = False
-        self.ctrl_c = False  # set by Ctrl-C during ``tuner.fit`` (see ``_noting_ctrl_c``)
+        # Ctrl-C during ``tuner.fit`` raises as usual and is also noted here: where Tune's
+        # code caught the KeyboardInterrupt the run went on, and a Ctrl-C'd run once exited
+        # 0 (the CLI must exit 130).  The stopper then ends the experiment, and the run
+        # raises once ``fit`` returns.
+        self.ctrl_c = CtrlC(raise_at_once=True)
 
     def __getstate__(self) -> dict:
         # Tune pickles its configuration for ``Tuner.restore``, which ccsearch does not
@@ -217,28 +221,9 @@ def _tune_classes():
             )
 
         def stop_all(self) -> bool:
-            return self.driver.ctrl_c  # should Tune's code have swallowed the KeyboardInterrupt
+            return self.driver.ctrl_c.pressed  # should Tune's code have swallowed it
 
     return StudySearcher, ClaimStopper
-
-
-@contextlib.contextmanager
-def _noting_ctrl_c(driver: _Driver) -> Iterator[None]:
-    """Ctrl-C raises KeyboardInterrupt as usual and also sets ``driver.ctrl_c``: the
-    interrupt is raised wherever Tune's loop is, and where Tune's code catches it the run
-    went on, and a Ctrl-C'd run once exited 0 (a test; the CLI must exit 130).  With the
-    flag set the stopper ends the experiment, and the run raises once ``fit`` returns."""
-    def on_ctrl_c(signum, frame) -> None:
-        driver.ctrl_c = True
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, on_ctrl_c)
-    try:
-        yield
-        if driver.ctrl_c:
-            raise KeyboardInterrupt
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
@@ -324,8 +309,10 @@ class RayTune:
             # Tune warns about the per-trial result files switched off above.
             logging.getLogger("ray.tune").setLevel(logging.ERROR)
             try:
-                with _tune_environment(), driver.heartbeat, _noting_ctrl_c(driver):
+                with _tune_environment(), driver.heartbeat, driver.ctrl_c:
                     tuner.fit()
+                    if driver.ctrl_c.pressed:
+                        raise KeyboardInterrupt
             except BaseException:
                 release_session(search.storage)
                 driver.interrupt_all("stopped by Ctrl-C")
